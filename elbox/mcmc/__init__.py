@@ -1,0 +1,1 @@
+"""MCMC kernels and the sampling driver."""

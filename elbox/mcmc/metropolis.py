@@ -1,0 +1,146 @@
+"""Metropolis–Hastings, as the textbook states it.
+
+From z propose z' ~ q(z' | z) and accept with probability
+
+    alpha(z, z') = min(1, p(x|z') p(z') q(z | z') / (p(x|z) p(z) q(z' | z))),
+
+otherwise stay at z (Metropolis et al. 1953; Hastings 1970). For a symmetric proposal such as
+the Gaussian random walk, q(z | z') = q(z' | z) and the q terms cancel; for any other proposal
+the Hastings correction q(z | z') / q(z' | z) keeps p(z | x) invariant.
+
+The kernel follows the ``init`` / ``build_kernel`` pattern: one chain, a flat unconstrained
+position, pure functions; batching over chains and looping are the driver's job.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class MHState(NamedTuple):
+    """Where one chain is.
+
+    Attributes:
+        position: the flat unconstrained position z.
+        log_density: log p(x, z) at ``position`` (with the log-Jacobian of the unconstraining map).
+    """
+
+    position: jax.Array
+    log_density: jax.Array
+
+
+class MHInfo(NamedTuple):
+    """What one step did.
+
+    Attributes:
+        acceptance_rate: alpha(z, z') = min(1, Hastings ratio); its average over steps estimates
+            the acceptance rate with less noise than the 0/1 decisions.
+        is_accepted: whether the chain moved to z'.
+    """
+
+    acceptance_rate: jax.Array
+    is_accepted: jax.Array
+
+
+class Proposal(NamedTuple):
+    """A proposal distribution q(z' | z).
+
+    Attributes:
+        sample: ``(key, z) -> z'``.
+        log_density: ``(z_to, z_from) -> log q(z_to | z_from)``, or ``None`` for a symmetric
+            proposal (q(z | z') = q(z' | z)), for which the Hastings terms cancel.
+    """
+
+    sample: Callable[[jax.Array, jax.Array], jax.Array]
+    log_density: Callable[[jax.Array, jax.Array], jax.Array] | None = None
+
+
+def random_walk(scale) -> Proposal:
+    """Gaussian random walk z' = z + scale * e, e ~ N(0, I); ``scale`` a scalar or per-coordinate.
+
+    Symmetric, so the Hastings correction is 1.
+    """
+
+    def sample(key, position):
+        return position + scale * jax.random.normal(key, position.shape, position.dtype)
+
+    return Proposal(sample=sample, log_density=None)
+
+
+def gaussian_log_density(value, mean, scale) -> jax.Array:
+    """log N(value; mean, diag(scale^2)), summed over coordinates."""
+    standardized = (value - mean) / scale
+    return jnp.sum(-0.5 * standardized**2 - jnp.log(scale) - 0.5 * jnp.log(2 * jnp.pi))
+
+
+def independence(mean, scale) -> Proposal:
+    """Independence proposal q(z' | z) = N(z'; mean, diag(scale^2)), whatever z is.
+
+    Not symmetric: the acceptance ratio carries q(z) / q(z').
+    """
+
+    def sample(key, position):
+        return mean + scale * jax.random.normal(key, position.shape, position.dtype)
+
+    def log_density(to, _from):
+        return gaussian_log_density(to, mean, scale)
+
+    return Proposal(sample=sample, log_density=log_density)
+
+
+def drifting_walk(drift, scale) -> Proposal:
+    """Random walk with a constant drift: z' = z + drift + scale * e, e ~ N(0, I).
+
+    log q(z' | z) = log N(z' - z; drift, scale^2) is not symmetric, so this proposal is only
+    correct with the Hastings correction; it is the textbook example of why the correction
+    matters.
+    """
+
+    def sample(key, position):
+        return position + drift + scale * jax.random.normal(key, position.shape, position.dtype)
+
+    def log_density(to, from_):
+        return gaussian_log_density(to - from_, drift, scale)
+
+    return Proposal(sample=sample, log_density=log_density)
+
+
+def init(position: jax.Array, log_density_fn: Callable) -> MHState:
+    """The state at ``position``."""
+    return MHState(position, log_density_fn(position))
+
+
+def build_kernel(log_density_fn: Callable, hastings_correction: bool = True):
+    """Return ``kernel(key, state, proposal) -> (state, info)``, one Metropolis–Hastings step.
+
+    Args:
+        log_density_fn: log p(x, z) of a flat position, up to a constant.
+        hastings_correction: keep the q(z | z') / q(z' | z) factor. Switching it off is wrong
+            for asymmetric proposals; it exists only so tests can show the error it causes.
+    """
+
+    def kernel(key, state: MHState, proposal: Proposal):
+        key_propose, key_accept = jax.random.split(key)
+        proposed = proposal.sample(key_propose, state.position)
+        proposed_log_density = log_density_fn(proposed)
+        log_ratio = proposed_log_density - state.log_density
+        if proposal.log_density is not None and hastings_correction:
+            log_ratio = (
+                log_ratio
+                + proposal.log_density(state.position, proposed)
+                - proposal.log_density(proposed, state.position)
+            )
+        # A NaN ratio (the proposal left the support, or overflowed) is a rejection.
+        log_ratio = jnp.where(jnp.isnan(log_ratio), -jnp.inf, log_ratio)
+        acceptance_rate = jnp.exp(jnp.minimum(log_ratio, 0.0))
+        is_accepted = jnp.log(jax.random.uniform(key_accept, dtype=log_ratio.dtype)) < log_ratio
+        new_state = MHState(
+            jnp.where(is_accepted, proposed, state.position),
+            jnp.where(is_accepted, proposed_log_density, state.log_density),
+        )
+        return new_state, MHInfo(acceptance_rate, is_accepted)
+
+    return kernel

@@ -1,0 +1,236 @@
+"""The sampling driver: many chains at once, warm-up with adaptation, then fixed-kernel draws.
+
+``sample(model, key, method="mh", chains=4, warmup=1000, draws=1000)`` is the public entry
+point (re-exported as ``elbox.sample``). Chains are batched with ``vmap``; steps run in
+compiled ``lax.scan`` chunks (:mod:`elbox.mcmc.loop`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from elbox.errors import InitializationError, SettingsError
+from elbox.mcmc import adaptation, metropolis
+from elbox.mcmc.loop import run_chunked
+from elbox.model import Model
+from elbox.models import resolve
+from elbox.progress import ProgressBar
+from elbox.results import SamplingResults
+
+METHODS = ("mh",)
+INIT_RADIUS = 2.0
+INIT_ATTEMPTS = 100
+
+
+def sample(
+    model: Any,
+    key: jax.Array,
+    *,
+    method: str = "mh",
+    chains: int = 4,
+    warmup: int = 1000,
+    draws: int = 1000,
+    proposal: metropolis.Proposal | None = None,
+    scale: float | None = None,
+    target_acceptance: float | None = None,
+    init: dict[str, Any] | None = None,
+    chunk_size: int | None = None,
+    progress: bool | Callable[[str, int, int], None] = True,
+) -> SamplingResults:
+    """Draw from p(z | x) with ``chains`` Markov chains.
+
+    Args:
+        model: a built-in model name, a NumPyro model function (no arguments, data closed
+            over) or an :class:`~elbox.Model`.
+        key: a JAX PRNG key; the same key gives the same draws.
+        method: ``"mh"``: random-walk Metropolis–Hastings (or ``proposal``).
+        chains, warmup, draws: how many chains, warm-up steps per chain and kept draws per chain.
+        proposal: a :class:`~elbox.mcmc.metropolis.Proposal` with its log density, used as is
+            (no adaptation) with the Hastings correction; default: the adaptive Gaussian
+            random walk.
+        scale: the random walk's initial scale (default 2.38 / sqrt(dimension)).
+        target_acceptance: the random walk's target acceptance rate during warm-up
+            (default 0.234, or 0.44 in one dimension).
+        init: constrained starting values ``{site: value}`` shared by all chains; default:
+            each chain starts at a uniform draw in [-2, 2] on the unconstrained space.
+        chunk_size: steps per compiled call; the draws do not depend on it.
+        progress: show a progress bar (``True``), none (``False``), or a callback
+            ``(phase, steps_done, steps_total)``.
+
+    Returns:
+        :class:`~elbox.results.SamplingResults`: ArviZ ``InferenceData`` of the constrained
+        draws plus acceptance, timings and the adapted proposal scales.
+
+    Example:
+        >>> results = elbox.sample("eight_schools", jax.random.key(0), chains=4)
+        >>> results.summary()
+    """
+    tic_total = time.perf_counter()
+    model = resolve(model)
+    if method not in METHODS:
+        raise SettingsError(f"Unknown method {method!r}; available: {', '.join(METHODS)}.")
+    _check_count("chains", chains, minimum=1)
+    _check_count("warmup", warmup, minimum=0)
+    _check_count("draws", draws, minimum=1)
+    if chunk_size is not None:
+        _check_count("chunk_size", chunk_size, minimum=1)
+    if scale is not None and not (np.isfinite(scale) and scale > 0):
+        raise SettingsError(f"The proposal scale must be a positive number, got {scale}.")
+    if target_acceptance is not None and not 0 < target_acceptance < 1:
+        raise SettingsError(f"target_acceptance must lie in (0, 1), got {target_acceptance}.")
+
+    key_init, key_warmup, key_sampling = jax.random.split(key, 3)
+    log_density_fn = jax.jit(model.flat_log_joint)
+    positions = initial_positions(model, key_init, chains, init, log_density_fn)
+    dimension = model.dimension
+    target = target_acceptance if target_acceptance is not None else adaptation.default_target_acceptance(dimension)
+    kernel = metropolis.build_kernel(model.flat_log_joint)
+    states = jax.vmap(lambda p: metropolis.init(p, model.flat_log_joint))(positions)
+
+    bar = ProgressBar(progress, total=warmup + draws, description=f"{method} {model.name}")
+    with bar:
+        # -- warm-up ----------------------------------------------------------------------------
+        schedule = adaptation.warmup_schedule(warmup)
+        adapt_states = jax.vmap(lambda _: adaptation.init(dimension, positions.dtype, scale))(jnp.arange(chains))
+        in_slow = jnp.asarray(schedule.in_slow_window)
+        window_end = jnp.asarray(schedule.window_end)
+
+        def warmup_step(carry, step_key, t):
+            states, adapt_states = carry
+            keys = jax.random.split(step_key, chains)
+
+            def one_chain(key, state, adapt_state):
+                if proposal is None:
+                    step_proposal = metropolis.random_walk(adaptation.proposal_scale(adapt_state))
+                else:
+                    step_proposal = proposal
+                state, info = kernel(key, state, step_proposal)
+                adapt_state = adaptation.update(
+                    adapt_state, info.acceptance_rate, state.position, in_slow[t], window_end[t], target
+                )
+                return state, adapt_state, info
+
+            states, adapt_states, info = jax.vmap(one_chain)(keys, states, adapt_states)
+            return (states, adapt_states), info.acceptance_rate
+
+        bar.phase("warmup")
+        warm = run_chunked(
+            warmup_step, (states, adapt_states), key_warmup, warmup,
+            chunk_size=_chunk(chunk_size, warmup, bar.enabled), on_chunk=bar.update,
+        )
+        states, adapt_states = warm.carry
+        final_scales = jax.vmap(adaptation.final_proposal_scale)(adapt_states)
+
+        # -- sampling with the kernel fixed ------------------------------------------------------
+        def sampling_step(states, step_key, t):
+            keys = jax.random.split(step_key, chains)
+
+            def one_chain(key, state, chain_scale):
+                step_proposal = metropolis.random_walk(chain_scale) if proposal is None else proposal
+                state, info = kernel(key, state, step_proposal)
+                return state, (state.position, state.log_density, info.acceptance_rate)
+
+            return jax.vmap(one_chain)(keys, states, final_scales)
+
+        bar.phase("sampling")
+        run = run_chunked(
+            sampling_step, states, key_sampling, draws,
+            chunk_size=_chunk(chunk_size, draws, bar.enabled), on_chunk=bar.update,
+        )
+
+    flat_draws, log_joint, acceptance = (np.swapaxes(x, 0, 1) for x in run.outputs)  # (chains, draws, ...)
+    seconds = {
+        "compile": warm.compile_seconds + run.compile_seconds,
+        "warmup": warm.run_seconds,
+        "sampling": run.run_seconds,
+    }
+    seconds["total"] = time.perf_counter() - tic_total
+    return SamplingResults.from_flat_draws(
+        model=model,
+        method=method,
+        flat_draws=flat_draws,
+        sample_stats={"lp": log_joint, "acceptance_rate": acceptance},
+        warmup=warmup,
+        seconds=seconds,
+        proposal_scale=np.asarray(final_scales) if proposal is None else None,
+        warmup_acceptance_rate=float(np.mean(warm.outputs)) if warmup else None,
+    )
+
+
+def _chunk(chunk_size: int | None, steps: int, with_progress: bool) -> int | None:
+    if chunk_size is not None:
+        return chunk_size
+    return max(1, -(-steps // 20)) if with_progress else None
+
+
+def _check_count(name: str, value, minimum: int):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise SettingsError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+
+
+def initial_positions(
+    model: Model,
+    key: jax.Array,
+    chains: int,
+    init: dict[str, Any] | None,
+    log_density_fn: Callable | None = None,
+) -> jax.Array:
+    """Flat unconstrained starting points, one row per chain, each with a finite log density.
+
+    With ``init`` (constrained values) every chain starts there. Otherwise each chain draws
+    ``model.init_position + U(-2, 2)`` coordinate-wise (Stan's default), redrawing the chains
+    whose log density is not finite up to 100 times.
+
+    Raises:
+        InitializationError: naming the sites whose log density is not finite.
+    """
+    log_density_fn = log_density_fn or jax.jit(model.flat_log_joint)
+    batch_log_density = jax.jit(jax.vmap(log_density_fn))
+    if init is not None:
+        try:
+            u = model.unconstrain(init)
+        except KeyError as err:
+            raise InitializationError(f"The initial values lack the parameter {err}.") from err
+        flat = model.ravel(u)
+        _require_finite(model, flat, "the given initial values")
+        return jnp.broadcast_to(flat, (chains, flat.size))
+
+    center = model.ravel(model.init_position)
+    positions = None
+    for attempt in range(INIT_ATTEMPTS):
+        draw = center + jax.random.uniform(
+            jax.random.fold_in(key, attempt), (chains, center.size), center.dtype, -INIT_RADIUS, INIT_RADIUS
+        )
+        positions = draw if positions is None else jnp.where(finite[:, None], positions, draw)
+        finite = np.isfinite(np.asarray(batch_log_density(positions)))
+        if finite.all():
+            return positions
+    bad = positions[int(np.argmin(finite))]
+    _require_finite(model, bad, f"{INIT_ATTEMPTS} random starting points in [-2, 2]")
+    return positions  # unreachable: _require_finite raised
+
+
+def _require_finite(model: Model, flat: jax.Array, where: str):
+    u = model.unravel(flat)
+    total = model.log_joint(u)
+    if np.isfinite(float(total)):
+        return
+    terms = model.site_log_densities(u)
+    constrained = model.constrain(u)
+    bad = [name for name, value in terms.items() if not np.isfinite(float(value))]
+    described = []
+    for name in bad:
+        site = name[1:-len("_log_det")] if name.startswith("_") and name.endswith("_log_det") else name
+        value = constrained.get(site)
+        shown = "" if value is None else f" at {site} = {np.array2string(np.asarray(value), precision=4, threshold=6)}"
+        described.append(f"site {name}: log density {float(terms[name])}{shown}")
+    raise InitializationError(
+        f"The log density of model '{model.name}' is not finite at {where}: "
+        + ("; ".join(described) or f"total {float(total)}")
+        + ". Check the data and the supports of these parameters, or pass valid starting values with init=."
+    )

@@ -1,0 +1,379 @@
+"""The model p(z, x) = p(z) p(x | z), on an unconstrained real space.
+
+Every inference method in elbox sees a model through one object, :class:`Model`:
+
+* ``log_prior(u)``      = log p(T(u)) + log |det J_T(u)|   (the prior pushed to unconstrained space)
+* ``log_likelihood(u)`` = log p(x | T(u))
+* ``log_joint(u)``      = log_prior(u) + log_likelihood(u)
+
+where ``u`` is a pytree (a dict of arrays, one per latent site) of unconstrained reals and ``T``
+maps it to the constrained parameters ``z`` (positive scales, simplexes, ...). ``T`` is taken
+from each distribution's support with NumPyro's ``biject_to``, so the log-Jacobian belongs to
+the prior and KL(q(u) || p(u)) is the same number on either space.
+
+Three ways to build one:
+
+1. :meth:`Model.from_numpyro`: a NumPyro model function. Latent ``numpyro.sample`` sites are the
+   prior, observed sites and ``numpyro.factor`` terms are the likelihood.
+2. :meth:`Model.from_log_density`: a plain log-density of an unconstrained pytree, with an
+   initial position. There is no prior/likelihood split: asking for one raises
+   :class:`~elbox.errors.NoPriorLikelihoodSplit`.
+3. :meth:`Model.from_prior_and_likelihood`: a dict of NumPyro distributions (the prior) and a
+   function giving log p(x | z) of the constrained parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from elbox.errors import ModelError, NoPriorLikelihoodSplit
+
+Pytree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Known:
+    """What is known about a model's posterior and evidence, for checks and reports.
+
+    Attributes:
+        posterior_mean, posterior_sd: per parameter label as ArviZ writes it (``theta[0]``),
+            on the constrained scale; ``None`` when unknown.
+        moments: ``"exact"`` (closed form), ``"reference"`` (long reference runs, e.g.
+            posteriordb's Stan draws) or ``None``.
+        log_evidence: exact log p(x) in nats, or ``None`` when not known in closed form.
+        source: where the numbers come from, in words.
+    """
+
+    posterior_mean: dict[str, float] | None = None
+    posterior_sd: dict[str, float] | None = None
+    moments: str | None = None
+    log_evidence: float | None = None
+    source: str = ""
+
+    def as_dict(self) -> dict:
+        return {
+            "posterior_moments": self.moments,
+            "log_evidence": self.log_evidence,
+            "source": self.source,
+        }
+
+
+class Model:
+    """A model p(z, x) seen on an unconstrained real pytree ``u``; see the module docstring.
+
+    Build one with :meth:`from_numpyro`, :meth:`from_log_density` or
+    :meth:`from_prior_and_likelihood`; the constructor itself takes the functions directly.
+
+    Args:
+        name: a short name used in reports.
+        log_prior_fn, log_likelihood_fn: functions of ``u``; ``None`` when the model has no split.
+        log_joint_fn: function of ``u``; defaults to the sum of the two above.
+        init_position: an unconstrained pytree; fixes the structure and shapes of ``u``.
+        constrain_fn: ``u -> dict`` of constrained named values (deterministic sites included).
+        unconstrain_fn: the inverse map on the latent sites.
+        site_log_density_fn: ``u -> dict`` of per-site log densities, used to name the site
+            that makes a starting point non-finite.
+        known: what is known exactly about the posterior and evidence.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        init_position: Pytree,
+        log_prior_fn: Callable | None = None,
+        log_likelihood_fn: Callable | None = None,
+        log_joint_fn: Callable | None = None,
+        constrain_fn: Callable | None = None,
+        unconstrain_fn: Callable | None = None,
+        site_log_density_fn: Callable | None = None,
+        known: Known | None = None,
+        prior_is_proper: bool = True,
+    ):
+        if log_joint_fn is None:
+            if log_prior_fn is None or log_likelihood_fn is None:
+                raise ModelError("A Model needs log_joint_fn, or both log_prior_fn and log_likelihood_fn.")
+            log_joint_fn = lambda u: log_prior_fn(u) + log_likelihood_fn(u)  # noqa: E731
+        self.name = name
+        self.init_position = jax.tree_util.tree_map(jnp.asarray, init_position)
+        self._log_prior_fn = log_prior_fn
+        self._log_likelihood_fn = log_likelihood_fn
+        self._log_joint_fn = log_joint_fn
+        self._constrain_fn = constrain_fn or _identity_constrain
+        self._unconstrain_fn = unconstrain_fn or (lambda z: z)
+        self._site_log_density_fn = site_log_density_fn
+        self.known = known or Known()
+        self.prior_is_proper = prior_is_proper
+        flat, self._unravel = ravel_pytree(self.init_position)
+        self.dimension = int(flat.size)
+
+    # -- densities ----------------------------------------------------------------------------
+    @property
+    def has_split(self) -> bool:
+        """Whether log p(z) and log p(x | z) are available separately."""
+        return self._log_prior_fn is not None and self._log_likelihood_fn is not None
+
+    def log_prior(self, u: Pytree) -> jax.Array:
+        """log p(z) + log |det dz/du| at z = T(u)."""
+        self._require_split("log_prior")
+        return self._log_prior_fn(u)
+
+    def log_likelihood(self, u: Pytree) -> jax.Array:
+        """log p(x | z) at z = T(u)."""
+        self._require_split("log_likelihood")
+        return self._log_likelihood_fn(u)
+
+    def log_joint(self, u: Pytree) -> jax.Array:
+        """log p(x, z) + log |det dz/du| = log_prior(u) + log_likelihood(u)."""
+        return self._log_joint_fn(u)
+
+    def site_log_densities(self, u: Pytree) -> dict[str, jax.Array]:
+        """Per-site contributions to the log joint (the whole log density as one site if unknown)."""
+        if self._site_log_density_fn is None:
+            return {"log_density": self.log_joint(u)}
+        return self._site_log_density_fn(u)
+
+    def _require_split(self, what: str):
+        if not self.has_split:
+            raise NoPriorLikelihoodSplit(
+                f"{what} needs the model's prior and likelihood separately, but model "
+                f"'{self.name}' was given as one log density. Build it with "
+                "Model.from_numpyro or Model.from_prior_and_likelihood to use this."
+            )
+
+    # -- spaces --------------------------------------------------------------------------------
+    def constrain(self, u: Pytree) -> dict[str, jax.Array]:
+        """Map unconstrained ``u`` to the constrained named parameters (and deterministic sites)."""
+        return self._constrain_fn(u)
+
+    def unconstrain(self, z: dict[str, Any]) -> Pytree:
+        """Map constrained latent values to the unconstrained pytree ``u``."""
+        return self._unconstrain_fn(z)
+
+    def ravel(self, u: Pytree) -> jax.Array:
+        """Flatten ``u`` into one vector of length ``dimension``."""
+        return ravel_pytree(u)[0]
+
+    def unravel(self, flat: jax.Array) -> Pytree:
+        """Inverse of :meth:`ravel`."""
+        return self._unravel(flat)
+
+    def flat_log_joint(self, flat: jax.Array) -> jax.Array:
+        """``log_joint`` of a flat unconstrained vector: what the kernels evaluate."""
+        return self.log_joint(self.unravel(flat))
+
+    def __repr__(self) -> str:
+        return f"Model(name={self.name!r}, dimension={self.dimension}, split={self.has_split})"
+
+    # -- constructors --------------------------------------------------------------------------
+    @classmethod
+    def from_numpyro(
+        cls,
+        model_fn: Callable,
+        *model_args,
+        name: str | None = None,
+        known: Known | None = None,
+        **model_kwargs,
+    ) -> "Model":
+        """Build a Model from a NumPyro model function.
+
+        Latent ``numpyro.sample`` sites form the prior (with the log-Jacobian of their
+        ``biject_to`` transform); observed sample sites and ``numpyro.factor`` terms form the
+        likelihood. Deterministic sites are returned by :meth:`constrain`.
+
+        Example:
+            >>> def coin():
+            ...     p = numpyro.sample("p", dist.Beta(1, 1))
+            ...     numpyro.sample("k", dist.Binomial(10, p), obs=7)
+            >>> Model.from_numpyro(coin).log_joint({"p": jnp.array(0.0)})
+        """
+        return _from_numpyro(model_fn, model_args, model_kwargs, name, known)
+
+    @classmethod
+    def from_log_density(
+        cls,
+        log_density: Callable,
+        init_position: Pytree,
+        *,
+        name: str = "log_density",
+        known: Known | None = None,
+    ) -> "Model":
+        """Build a Model from log p(x, z) (up to a constant) of an unconstrained pytree.
+
+        There is no prior/likelihood split, so ``log_prior`` and ``log_likelihood`` raise
+        :class:`~elbox.errors.NoPriorLikelihoodSplit`; parameters keep the names of the dict
+        keys of ``init_position`` (or ``z`` for a bare array).
+        """
+        return cls(
+            name=name,
+            init_position=init_position,
+            log_joint_fn=log_density,
+            known=known,
+        )
+
+    @classmethod
+    def from_prior_and_likelihood(
+        cls,
+        prior: dict[str, Any],
+        log_likelihood: Callable[[dict[str, jax.Array]], jax.Array],
+        *,
+        name: str = "model",
+        known: Known | None = None,
+    ) -> "Model":
+        """Build a Model from independent prior distributions and a log-likelihood.
+
+        Args:
+            prior: ``{name: numpyro distribution}``; each parameter's support gives its map to
+                the unconstrained space.
+            log_likelihood: log p(x | z) as a function of the dict of constrained parameters.
+        """
+        from numpyro.distributions import transforms
+
+        for site, d in prior.items():
+            if d.support.is_discrete:
+                raise ModelError(f"Site {site}: discrete priors cannot be sampled on a real space.")
+        bijections = {k: transforms.biject_to(d.support) for k, d in prior.items()}
+        init = {
+            k: jnp.zeros(bijections[k].inverse_shape(d.shape()))
+            for k, d in prior.items()
+        }
+
+        def constrain(u):
+            return {k: bijections[k](u[k]) for k in prior}
+
+        def site_terms(u):
+            z = constrain(u)
+            terms = {}
+            for k, d in prior.items():
+                log_det = bijections[k].log_abs_det_jacobian(u[k], z[k])
+                terms[k] = jnp.sum(d.log_prob(z[k])) + jnp.sum(log_det)
+            terms["_likelihood"] = log_likelihood(z)
+            return terms
+
+        def log_prior(u):
+            terms = site_terms(u)
+            return sum(v for k, v in terms.items() if k != "_likelihood")
+
+        return cls(
+            name=name,
+            init_position=init,
+            log_prior_fn=log_prior,
+            log_likelihood_fn=lambda u: log_likelihood(constrain(u)),
+            constrain_fn=constrain,
+            unconstrain_fn=lambda z: {k: bijections[k].inv(jnp.asarray(z[k])) for k in prior},
+            site_log_density_fn=site_terms,
+            known=known,
+        )
+
+
+def _identity_constrain(u: Pytree) -> dict[str, jax.Array]:
+    if isinstance(u, dict):
+        return dict(u)
+    leaves = jax.tree_util.tree_leaves(u)
+    if len(leaves) == 1:
+        return {"z": leaves[0]}
+    return {f"z{i}": leaf for i, leaf in enumerate(leaves)}
+
+
+# -- NumPyro models ---------------------------------------------------------------------------
+def _from_numpyro(model_fn, model_args, model_kwargs, name, known) -> Model:
+    from numpyro import handlers
+    from numpyro.distributions import transforms
+    from numpyro.infer.initialization import init_to_uniform
+    from numpyro.infer.util import _unconstrain_reparam, compute_log_probs, constrain_fn
+
+    name = name or getattr(model_fn, "__name__", "model")
+    try:
+        seeded = handlers.substitute(handlers.seed(model_fn, rng_seed=0), substitute_fn=init_to_uniform)
+        discovery = handlers.trace(seeded).get_trace(*model_args, **model_kwargs)
+    except Exception as err:  # the user's model code failed: show their error, not ours
+        raise ModelError(f"Model '{name}' failed when run once to find its sites: {type(err).__name__}: {err}") from err
+
+    observed_sites, factor_sites = [], []
+    prior_is_proper = True
+    init = {}
+    for site_name, site in discovery.items():
+        if site["type"] != "sample":
+            continue
+        fn = site["fn"]
+        if site["is_observed"]:
+            if _is_factor(fn):
+                factor_sites.append(site_name)
+                continue
+            observed_sites.append(site_name)
+            value = np.asarray(site["value"])
+            if np.issubdtype(value.dtype, np.number) and not np.all(np.isfinite(value)):
+                bad = np.argwhere(~np.isfinite(value))[:3].tolist()
+                raise ModelError(
+                    f"Site {site_name}: the observed data contain NaN or infinity "
+                    f"(first at index {bad}). Remove or impute those values before fitting."
+                )
+            continue
+        if fn.support.is_discrete:
+            raise ModelError(
+                f"Site {site_name}: it is a discrete latent variable ({type(fn).__name__}). "
+                "elbox samples continuous parameters; marginalise it out in the model "
+                "(for a mixture, sum over components with logsumexp)."
+            )
+        if type(_base_distribution(fn)).__name__ == "ImproperUniform":
+            prior_is_proper = False
+        transform = transforms.biject_to(fn.support)
+        init[site_name] = jnp.zeros(transform.inverse_shape(jnp.shape(site["value"])))
+
+    if not init:
+        raise ModelError(f"Model '{name}' has no latent sample sites: there is nothing to infer.")
+
+    def site_terms(u):
+        substituted = handlers.substitute(model_fn, substitute_fn=partial(_unconstrain_reparam, u))
+        terms, _ = compute_log_probs(substituted, model_args, model_kwargs, {})
+        return terms
+
+    observed = set(observed_sites) | set(factor_sites)
+
+    def split_terms(u):
+        terms = site_terms(u)
+        prior = sum((v for k, v in terms.items() if k not in observed), start=jnp.zeros(()))
+        likelihood = sum((v for k, v in terms.items() if k in observed), start=jnp.zeros(()))
+        return prior, likelihood
+
+    def constrain(u):
+        return constrain_fn(model_fn, model_args, model_kwargs, u, return_deterministic=True)
+
+    def unconstrain(z):
+        substituted = handlers.substitute(model_fn, data={k: z[k] for k in init})
+        tr = handlers.trace(handlers.seed(substituted, rng_seed=0)).get_trace(*model_args, **model_kwargs)
+        return {k: transforms.biject_to(tr[k]["fn"].support).inv(tr[k]["value"]) for k in init}
+
+    def joint(u):
+        prior, likelihood = split_terms(u)
+        return prior + likelihood
+
+    return Model(
+        name=name,
+        init_position=init,
+        log_prior_fn=lambda u: split_terms(u)[0],
+        log_likelihood_fn=lambda u: split_terms(u)[1],
+        log_joint_fn=joint,
+        constrain_fn=constrain,
+        unconstrain_fn=unconstrain,
+        site_log_density_fn=site_terms,
+        known=known,
+        prior_is_proper=prior_is_proper,
+    )
+
+
+def _is_factor(fn) -> bool:
+    return type(fn).__name__ == "Unit"
+
+
+def _base_distribution(fn):
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return fn

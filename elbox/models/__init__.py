@@ -1,0 +1,11 @@
+"""Reference models. Each states what is known exactly about it (posterior moments, log p(x)).
+
+``elbox.models.get(name)`` builds one; ``elbox.models.names()`` lists them.
+"""
+
+from elbox.models._registry import describe, get, load_data, names, register, resolve, summary
+
+# Importing the modules registers their models, in this order.
+from elbox.models import conjugate, classic, posteriordb, logistic  # noqa: E402,F401
+
+__all__ = ["describe", "get", "load_data", "names", "register", "resolve", "summary"]
