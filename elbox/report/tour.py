@@ -1,0 +1,136 @@
+"""``elbox tour``: elbox run end to end on built-in models, every number beside what is known.
+
+Each section writes its tables (Markdown and JSON) and plots into one folder; ``echo`` receives
+the text as it is produced.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import numpy as np
+from scipy import stats
+
+from elbox.mcmc.run import sample
+from elbox.models import get
+from elbox.report.plots import plt, trace_plot
+
+CONVERGENCE_DRAWS = (100, 300, 1_000, 3_000, 10_000)
+
+
+def run_tour(out: Path, seed: int = 0, echo: Callable[[str], None] = print) -> Path:
+    """Run every section of the tour, writing into ``out``; returns ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    key = jax.random.key(seed)
+    key_conjugate, key_schools = jax.random.split(key)
+    tic = time.perf_counter()
+    report = {
+        "seed": seed,
+        "mh_conjugate": mh_conjugate_section(out, key_conjugate, echo),
+        "mh_eight_schools": mh_eight_schools_section(out, key_schools, echo),
+    }
+    report["seconds"] = time.perf_counter() - tic
+    (out / "tour.json").write_text(json.dumps(report, indent=1) + "\n")
+    echo(f"\nThe tour took {report['seconds']:.0f} s. Everything is in {out.resolve()}/")
+    for path in sorted(out.iterdir()):
+        echo(f"  {path.name}")
+    return out
+
+
+# -- 1. MH on a conjugate model: draws converge to the exact posterior ---------------------------
+def mh_conjugate_section(out: Path, key, echo) -> dict:
+    model = get("normal_normal")
+    mean, sd = model.known.posterior_mean["mu"], model.known.posterior_sd["mu"]
+    echo("== 1. Metropolis-Hastings on a conjugate model ==")
+    echo(f"normal_normal: {20} normal observations with known sd, unknown mean mu.")
+    echo(f"Exact posterior: mu | x ~ N({mean:.4f}, {sd:.4f}^2); exact log p(x) = {model.known.log_evidence:.4f}")
+    chains = 4
+    results = sample(model, key, chains=chains, warmup=1000, draws=max(CONVERGENCE_DRAWS), progress=False)
+    draws = np.asarray(results.posterior["mu"])  # (chains, draws)
+    exact = stats.norm(mean, sd)
+    rows = []
+    for n in CONVERGENCE_DRAWS:
+        pooled = draws[:, :n].ravel()
+        rows.append({
+            "draws_per_chain": n,
+            "total_draws": int(pooled.size),
+            "ks_distance": float(stats.kstest(pooled, exact.cdf).statistic),
+            "mean_error_in_sd": float((pooled.mean() - mean) / sd),
+            "sd_ratio": float(pooled.std(ddof=1) / sd),
+        })
+    echo(f"{chains} chains, acceptance rate {results.acceptance_rate:.3f}. "
+         "Distance between the draws and the exact posterior as draws grow:")
+    table = _markdown_table(
+        ["draws/chain", "total", "KS distance", "mean error (sd)", "sd ratio"],
+        [[r["draws_per_chain"], r["total_draws"], f"{r['ks_distance']:.4f}",
+          f"{r['mean_error_in_sd']:+.4f}", f"{r['sd_ratio']:.4f}"] for r in rows],
+    )
+    echo(table)
+    (out / "mh_conjugate.md").write_text(table + "\n")
+    _plot_convergence(draws, exact, out / "mh_conjugate_histograms.png")
+    echo("(KS distance: the largest gap between the draws' empirical CDF and the exact CDF.)\n")
+    return {"model": "normal_normal", "posterior_mean": mean, "posterior_sd": sd,
+            "acceptance_rate": results.acceptance_rate, "convergence": rows}
+
+
+def _plot_convergence(draws: np.ndarray, exact, path: Path):
+    panels = CONVERGENCE_DRAWS[::2]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), sharey=True)
+    grid = np.linspace(exact.ppf(0.0005), exact.ppf(0.9995), 300)
+    for ax, n in zip(axes, panels):
+        pooled = draws[:, :n].ravel()
+        ax.hist(pooled, bins=40, density=True, color="tab:blue", alpha=0.6, label="MH draws")
+        ax.plot(grid, exact.pdf(grid), color="black", lw=1.5, label="exact posterior")
+        ax.set_title(f"{pooled.size} draws")
+        ax.set_xlabel("mu")
+    axes[0].legend(loc="upper left", fontsize=8)
+    figure.suptitle("Metropolis-Hastings draws converge to the exact posterior (normal_normal)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+# -- 2. MH on eight schools against the posteriordb reference ------------------------------------
+def mh_eight_schools_section(out: Path, key, echo) -> dict:
+    model = get("eight_schools")
+    echo("== 2. Metropolis-Hastings on eight schools (non-centred) ==")
+    results = sample(model, key, chains=4, warmup=2000, draws=20_000, progress=False)
+    summary = results.summary()
+    known = model.known
+    rows = []
+    for label, reference_mean in known.posterior_mean.items():
+        row = summary.loc[label]
+        rows.append({
+            "parameter": label,
+            "mean": float(row["mean"]),
+            "reference_mean": reference_mean,
+            "z": float((row["mean"] - reference_mean) / row["mcse_mean"]),
+            "sd": float(row["sd"]),
+            "reference_sd": known.posterior_sd[label],
+            "ess_bulk": float(row["ess_bulk"]),
+            "r_hat": float(row["r_hat"]),
+        })
+    echo(f"4 chains x 20000 draws, acceptance rate {results.acceptance_rate:.3f}, "
+         f"{results.seconds['total']:.1f} s in all ({results.seconds['compile']:.1f} s compiling).")
+    echo("Against the posteriordb reference (z = (mean - reference) / MCSE; |z| < 3 expected):")
+    table = _markdown_table(
+        ["parameter", "mean", "reference", "z", "sd", "reference sd", "ESS", "R-hat"],
+        [[r["parameter"], f"{r['mean']:.3f}", f"{r['reference_mean']:.3f}", f"{r['z']:+.2f}",
+          f"{r['sd']:.3f}", f"{r['reference_sd']:.3f}", f"{r['ess_bulk']:.0f}", f"{r['r_hat']:.3f}"] for r in rows],
+    )
+    echo(table + "\n")
+    (out / "mh_eight_schools.md").write_text(table + "\n")
+    trace_plot(results, out / "mh_eight_schools_trace.png")
+    return {"model": "eight_schools", "acceptance_rate": results.acceptance_rate,
+            "seconds": results.seconds, "parameters": rows}
+
+
+def _markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
