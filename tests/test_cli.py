@@ -1,0 +1,144 @@
+"""The ``elbox`` command: JSON outputs, models in files, clear errors with a non-zero exit."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import elbox
+from elbox.cli import main
+
+SAMPLE_FIELDS = {
+    "model", "method", "chains", "warmup", "draws", "seed", "seconds",
+    "acceptance_rate", "divergences", "parameters",
+}
+PARAMETER_FIELDS = {"mean", "sd", "mcse_mean", "ess_bulk", "ess_tail", "r_hat"}
+QUICK = ["--warmup", "200", "--draws", "200", "--no-progress"]
+
+
+def test_sample_builtin_writes_json_and_outputs(tmp_path, capsys):
+    path = tmp_path / "out.json"
+    code = main(["sample", "eight_schools", "--method", "mh", "--json", str(path), "--out", str(tmp_path / "draws"), *QUICK])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "r_hat" in printed and "tau" in printed
+    summary = json.loads(path.read_text())
+    assert set(summary) == SAMPLE_FIELDS
+    assert summary["model"] == "eight_schools" and summary["chains"] == 4 and summary["seed"] == 0
+    assert {"compile", "sampling", "total"} <= set(summary["seconds"])
+    assert 0 < summary["acceptance_rate"] < 1
+    labels = set(summary["parameters"])
+    assert {"mu", "tau", "theta[0]", "theta[7]", "theta_trans[3]"} <= labels
+    for stats in summary["parameters"].values():
+        assert set(stats) == PARAMETER_FIELDS
+    assert (tmp_path / "draws" / "draws.nc").stat().st_size > 0
+    assert (tmp_path / "draws" / "trace.png").stat().st_size > 0
+
+
+MODEL_FILE = """
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+
+y = jnp.array([{data}])
+
+def coin_model():
+    p = numpyro.sample("p", dist.Beta(2.0, 2.0))
+    numpyro.sample("y", dist.Bernoulli(p), obs=y)
+
+not_a_model = 3
+"""
+
+
+def write_model(tmp_path, data="1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0"):
+    path = tmp_path / "my_model.py"
+    path.write_text(textwrap.dedent(MODEL_FILE.format(data=data)))
+    return path
+
+
+def test_sample_model_in_file(tmp_path):
+    path = write_model(tmp_path)
+    out = tmp_path / "file.json"
+    assert main(["sample", f"{path}:coin_model", "--json", str(out), *QUICK]) == 0
+    summary = json.loads(out.read_text())
+    assert set(summary) == SAMPLE_FIELDS
+    assert set(summary["parameters"]) == {"p"}
+    # Beta(2 + 5, 2 + 2) posterior: mean 7/11; a loose check that the file's data were used.
+    assert abs(summary["parameters"]["p"]["mean"] - 7 / 11) < 0.1
+
+
+def test_models_json_lists_every_builtin(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    names = [r["name"] for r in rows]
+    for required in [
+        "normal_normal", "linear_regression", "beta_binomial", "eight_schools", "eight_schools_centered",
+        "logistic_regression", "funnel", "gaussian_100d", "kidiq-kidscore_momiq", "arK-arK",
+    ]:
+        assert required in names
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["gaussian_100d"]["dimension"] == 100
+    assert by_name["funnel"]["dimension"] == 10
+    assert by_name["eight_schools"]["dimension"] == 10
+    assert by_name["normal_normal"]["known"]["log_evidence"] == pytest.approx(
+        elbox.models.get("normal_normal").known.log_evidence
+    )
+    assert by_name["kidiq-kidscore_momiq"]["known"]["log_evidence"] is None
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["sample", "eight_shools"], "Unknown model 'eight_shools'. Did you mean eight_schools"),
+        (["sample", "{file}:missing_name"], "defines no 'missing_name'"),
+        (["sample", "{file}:not_a_model"], "not a NumPyro model function"),
+        (["sample", "nowhere/model.py:m"], "does not exist"),
+        (["sample", "{nan_file}:coin_model"], "Site y: the observed data contain NaN"),
+    ],
+)
+def test_bad_model_is_a_clear_error(tmp_path, capsys, args, message):
+    good = write_model(tmp_path)
+    nan_dir = tmp_path / "nan"
+    nan_dir.mkdir()
+    nan_file = write_model(nan_dir, data="1.0, float('nan'), 0.0")
+    args = [a.format(file=good, nan_file=nan_file) for a in args]
+    assert main(args + QUICK) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--chains", "-1"],
+        ["--draws", "0"],
+        ["--warmup", "-3"],
+        ["--scale", "0"],
+        ["--scale", "-2"],
+        ["--chains", "two"],
+    ],
+)
+def test_bad_numbers_exit_nonzero(capsys, args):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", "normal_normal", *args])
+    assert exit_info.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_tour_runs_and_fills_its_folder(tmp_path):
+    out = tmp_path / "tour"
+    completed = subprocess.run(
+        [sys.executable, "-m", "elbox.cli", "tour", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert str(out.resolve()) in completed.stdout
+    report = json.loads((out / "tour.json").read_text())
+    rows = report["mh_conjugate"]["convergence"]
+    # The histogram gets closer to the exact posterior as draws grow (first vs last row).
+    assert rows[-1]["ks_distance"] < rows[0]["ks_distance"]
+    for name in ["mh_conjugate_histograms.png", "mh_eight_schools_trace.png", "mh_conjugate.md"]:
+        assert (out / name).stat().st_size > 0
