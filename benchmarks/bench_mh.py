@@ -42,14 +42,16 @@ import time
 BENCHMARK = "mh_random_walk"
 SEED = 0
 
-# Draws per chain, chosen so that each run samples for about a second on a 2-core CPU
-# (eight_schools: ~0.4 M steps/s with 4 chains, ~1.7 M steps/s with 1000 chains;
-# logistic_regression: ~0.12 M and ~0.6 M steps/s).
+# Draws per chain, chosen so that each run samples for roughly half a second to a second on a
+# 2-core CPU (eight_schools: ~0.4-0.5 M steps/s with 4 chains, ~1-2.5 M steps/s with 1000
+# chains; logistic_regression: ~0.1 M and ~0.4 M steps/s) while a full run stays under five
+# minutes: each fresh process also pays ~3 s of imports and ~1-2 s of compilation, and elbox
+# builds its ArviZ results after sampling.
 FULL_DRAWS = {
-    ("eight_schools", 4): 100_000,
-    ("eight_schools", 1000): 2_000,
-    ("logistic_regression", 4): 40_000,
-    ("logistic_regression", 1000): 800,
+    ("eight_schools", 4): 60_000,
+    ("eight_schools", 1000): 1_000,
+    ("logistic_regression", 4): 20_000,
+    ("logistic_regression", 1000): 400,
 }
 QUICK_DRAWS = {
     ("eight_schools", 4): 5_000,
@@ -60,6 +62,8 @@ QUICK_DRAWS = {
 FULL_MODELS = ("eight_schools", "logistic_regression")
 QUICK_MODELS = ("eight_schools",)
 CHAINS = (4, 1000)
+# Fresh-process repeats per library; fewer for the slower model to keep the full run short.
+FULL_REPEATS = {"eight_schools": 5, "logistic_regression": 3}
 
 
 def random_walk_scale(dimension: int) -> float:
@@ -235,7 +239,10 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", help=f"models to run (default: {', '.join(FULL_MODELS)})")
     parser.add_argument("--chains", nargs="+", type=int, help=f"chain counts (default: {CHAINS})")
     parser.add_argument("--draws", type=int, help="draws per chain for every run (default: per model and chains)")
-    parser.add_argument("--repeats", type=int, help="fresh-process repeats per library (default 5; 1 with --quick)")
+    parser.add_argument(
+        "--repeats", type=int,
+        help="fresh-process repeats per library (default 5 for eight_schools, 3 for logistic_regression; 1 with --quick)",
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed for one worker process")
     parser.add_argument(
         "--worker", nargs=4, metavar=("LIBRARY", "MODEL", "CHAINS", "DRAWS"),
@@ -252,12 +259,12 @@ def main(argv=None):
 
     models = args.models or (QUICK_MODELS if args.quick else FULL_MODELS)
     chain_counts = args.chains or CHAINS
-    repeats = args.repeats or (1 if args.quick else 5)
     draws_table = QUICK_DRAWS if args.quick else FULL_DRAWS
     tic = time.perf_counter()
     for model_name in models:
         for chains in chain_counts:
             draws = args.draws or draws_table.get((model_name, chains)) or max(50, 400_000 // chains)
+            repeats = args.repeats or (1 if args.quick else FULL_REPEATS.get(model_name, 5))
             print(json.dumps(compare(model_name, chains, draws, repeats, args.timeout)), flush=True)
     print(f"total wall time {time.perf_counter() - tic:.1f} s", file=sys.stderr)
 

@@ -243,6 +243,12 @@ def test_numpyro_models_mapping():
 
 # -- (b) statistical: NumPyro NUTS reproduces the reference means ------------------------------
 # (warmup, draws per chain, extra NUTS options); 4 chains, vectorised, PRNGKey(0).
+# The criterion counts only the Monte Carlo error of these runs, not that of the reference
+# summaries themselves (posteriordb gives no ESS for them). For diamonds (26 strongly correlated
+# parameters) that matters once runs get long: with 1000+2000 draws per chain the largest
+# error was 4.5 MCSE with one seed and 2.8 with another (and 2.7 in float64), no consistent
+# pattern, which points to the reference's own Monte Carlo error, not to the model. Its run
+# here is the short one the test was set up with.
 NUTS_SETTINGS = {
     "eight_schools-eight_schools_noncentered": (1000, 2000, {}),
     "kidiq-kidscore_momiq": (1000, 1000, {}),

@@ -1,90 +1,114 @@
 """Running a step function for many steps: compiled chunks of ``lax.scan``, the host between them.
 
-The key of step t is ``fold_in(key, t)`` with t the global step index, so the draws do not
-depend on how the steps are cut into chunks or whether a progress bar is shown. The last chunk
-is padded with masked steps so that every chunk has the same length and compiles once.
+The key of step t of a phase is ``fold_in(phase_key, t)`` with t the step's index in the phase,
+so the draws do not depend on how the steps are cut into chunks or whether a progress bar is
+shown. Every chunk has the same length, and the phases (warm-up, sampling) differ only in traced
+arguments, so the whole run compiles once; a phase whose length is not a multiple of the chunk
+length ends with masked steps that leave the state unchanged.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-class ChunkedRun:
-    """Outputs of a chunked run, stacked along the step axis, with host timings."""
-
-    def __init__(self, carry, outputs, compile_seconds: float, run_seconds: float):
-        self.carry = carry
-        self.outputs = outputs
-        self.compile_seconds = compile_seconds
-        self.run_seconds = run_seconds
+# What one extra chunk costs, in steps of a small model: a host round trip and a transfer.
+CHUNK_OVERHEAD_STEPS = 20
+MAX_CHUNKS_PER_PHASE = 64
 
 
-def run_chunked(
-    step_fn: Callable[[Any, jax.Array, jax.Array], tuple[Any, Any]],
-    carry: Any,
-    key: jax.Array,
-    num_steps: int,
-    chunk_size: int | None = None,
-    on_chunk: Callable[[int], None] | None = None,
-    keep_outputs: bool = True,
-) -> ChunkedRun:
-    """Run ``carry, out = step_fn(carry, step_key, t)`` for t = 0..num_steps-1.
+class PhaseRun(NamedTuple):
+    """The final carry, the per-step outputs (NumPy, leading axis = steps) and the run time."""
+
+    carry: Any
+    outputs: Any
+    seconds: float
+
+
+def choose_chunk_size(phase_steps: list[int], min_chunks: int = 1) -> int:
+    """A chunk length for phases of the given lengths.
+
+    Minimises padded steps plus a per-chunk overhead, with at least ``min_chunks`` chunks in
+    the longest phase (so that a progress bar moves).
+    """
+    phase_steps = [n for n in phase_steps if n > 0]
+    if not phase_steps:
+        return 1
+    limit = max(1, math.ceil(max(phase_steps) / max(1, min_chunks)))
+    candidates = {min(limit, math.ceil(n / k)) for n in phase_steps for k in range(1, MAX_CHUNKS_PER_PHASE + 1)}
+
+    def cost(length):
+        chunks = sum(math.ceil(n / length) for n in phase_steps)
+        padded = sum(math.ceil(n / length) * length - n for n in phase_steps)
+        return padded + CHUNK_OVERHEAD_STEPS * chunks
+
+    return min(sorted(candidates), key=cost)
+
+
+class ChunkedLoop:
+    """Runs ``carry, out = step_fn(carry, step_key, t, phase_args)`` in compiled chunks.
 
     Args:
-        step_fn: one step; ``t`` is the global step index (an int32 scalar).
-        carry: the initial loop state (a pytree of arrays).
-        key: the run's key; step t uses ``fold_in(key, t)``.
-        num_steps: how many steps.
-        chunk_size: steps per compiled call (default: all of them).
-        on_chunk: called on the host after each chunk with the number of steps it advanced.
-        keep_outputs: stack the per-step outputs and return them as NumPy arrays.
+        step_fn: one step; ``t`` is the step's index within its phase (int32 scalar) and
+            ``phase_args`` a pytree of arrays that tells phases apart (e.g. a warm-up flag).
+        chunk_size: steps per compiled call.
 
-    Returns:
-        the final carry, the outputs (leading axis ``num_steps``) and the time spent compiling
-        and running.
+    The first :meth:`run` compiles; ``compile_seconds`` records how long that took.
     """
-    if num_steps == 0:
-        return ChunkedRun(carry, None, 0.0, 0.0)
-    chunk_size = num_steps if chunk_size is None else max(1, min(chunk_size, num_steps))
-    num_chunks = math.ceil(num_steps / chunk_size)
 
-    def run_chunk(carry, start):
+    def __init__(self, step_fn: Callable, chunk_size: int):
+        self.step_fn = step_fn
+        self.chunk_size = int(chunk_size)
+        self.compiled = None
+        self.compile_seconds = 0.0
+
+    def _chunk(self, carry, key, start, num_steps, phase_args):
         def body(carry, offset):
             t = start + offset
-            new_carry, out = step_fn(carry, jax.random.fold_in(key, t), t)
+            new_carry, out = self.step_fn(carry, jax.random.fold_in(key, t), t, phase_args)
             active = t < num_steps
             new_carry = jax.tree_util.tree_map(lambda a, b: jnp.where(active, a, b), new_carry, carry)
-            return new_carry, (out if keep_outputs else None)
+            return new_carry, out
 
-        return jax.lax.scan(body, carry, jnp.arange(chunk_size, dtype=jnp.int32))
+        return jax.lax.scan(body, carry, jnp.arange(self.chunk_size, dtype=jnp.int32))
 
-    start_compile = time.perf_counter()
-    compiled = jax.jit(run_chunk, donate_argnums=()).lower(carry, jnp.int32(0)).compile()
-    compile_seconds = time.perf_counter() - start_compile
-
-    outputs = []
-    run_seconds = 0.0
-    for chunk in range(num_chunks):
-        start = chunk * chunk_size
-        tic = time.perf_counter()
-        carry, out = compiled(carry, jnp.int32(start))
-        jax.block_until_ready(carry)
-        if keep_outputs:
-            out = jax.tree_util.tree_map(np.asarray, out)
-        run_seconds += time.perf_counter() - tic
-        if keep_outputs:
-            outputs.append(out)
-        if on_chunk is not None:
-            on_chunk(min(chunk_size, num_steps - start))
-
-    stacked = None
-    if keep_outputs:
+    def run(
+        self,
+        carry: Any,
+        key: jax.Array,
+        num_steps: int,
+        phase_args: Any,
+        on_chunk: Callable[[int], None] | None = None,
+        keep_outputs: bool = True,
+    ) -> PhaseRun:
+        """Run one phase of ``num_steps`` steps from ``carry``; ``keep_outputs=False`` drops the
+        per-step outputs chunk by chunk (warm-up draws), keeping memory bounded."""
+        if num_steps == 0:
+            return PhaseRun(carry, None, 0.0)
+        start_steps = jnp.int32(0)
+        total = jnp.int32(num_steps)
+        if self.compiled is None:
+            tic = time.perf_counter()
+            self.compiled = jax.jit(self._chunk).lower(carry, key, start_steps, total, phase_args).compile()
+            self.compile_seconds = time.perf_counter() - tic
+        outputs = []
+        seconds = 0.0
+        for start in range(0, num_steps, self.chunk_size):
+            tic = time.perf_counter()
+            carry, out = self.compiled(carry, key, jnp.int32(start), total, phase_args)
+            if keep_outputs:
+                outputs.append(jax.tree_util.tree_map(np.asarray, out))  # waits for the chunk
+            else:
+                jax.block_until_ready(carry)
+            seconds += time.perf_counter() - tic
+            if on_chunk is not None:
+                on_chunk(min(self.chunk_size, num_steps - start))
+        if not keep_outputs:
+            return PhaseRun(carry, None, seconds)
         stacked = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=0)[:num_steps], *outputs)
-    return ChunkedRun(carry, stacked, compile_seconds, run_seconds)
+        return PhaseRun(carry, stacked, seconds)

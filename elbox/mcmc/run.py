@@ -16,7 +16,7 @@ import numpy as np
 
 from elbox.errors import InitializationError, SettingsError
 from elbox.mcmc import adaptation, metropolis
-from elbox.mcmc.loop import run_chunked
+from elbox.mcmc.loop import ChunkedLoop, choose_chunk_size
 from elbox.model import Model
 from elbox.models import resolve
 from elbox.progress import ProgressBar
@@ -92,63 +92,54 @@ def sample(
     kernel = metropolis.build_kernel(model.flat_log_joint)
     states = jax.vmap(lambda p: metropolis.init(p, model.flat_log_joint))(positions)
 
+    schedule = adaptation.warmup_schedule(warmup)
+    # One trailing entry so that the schedule can be indexed even when warmup == 0.
+    in_slow = jnp.asarray(np.append(schedule.in_slow_window, False))
+    window_end = jnp.asarray(np.append(schedule.window_end, False))
+    adapt_states = jax.vmap(lambda _: adaptation.init(dimension, positions.dtype, scale))(jnp.arange(chains))
+
+    def step(carry, step_key, t, phase):
+        """One step of every chain; during warm-up (``phase["warmup"]``) the proposal adapts."""
+        states, adapt_states, warmup_acceptance = carry
+        keys = jax.random.split(step_key, chains)
+
+        def one_chain(key, state, adapt_state, fixed_scale):
+            if proposal is None:
+                chain_scale = jnp.where(phase["warmup"], adaptation.proposal_scale(adapt_state), fixed_scale)
+                step_proposal = metropolis.random_walk(chain_scale)
+            else:
+                step_proposal = proposal
+            state, info = kernel(key, state, step_proposal)
+            adapted = adaptation.update(
+                adapt_state, info.acceptance_rate, state.position, in_slow[t], window_end[t], target
+            )
+            adapt_state = jax.tree_util.tree_map(
+                lambda new, old: jnp.where(phase["warmup"], new, old), adapted, adapt_state
+            )
+            return state, adapt_state, info
+
+        states, adapt_states, info = jax.vmap(one_chain)(keys, states, adapt_states, phase["scale"])
+        warmup_acceptance = warmup_acceptance + jnp.where(phase["warmup"], info.acceptance_rate, 0.0)
+        return (states, adapt_states, warmup_acceptance), (states.position, states.log_density, info.acceptance_rate)
+
     bar = ProgressBar(progress, total=warmup + draws, description=f"{method} {model.name}")
+    if chunk_size is None:
+        chunk_size = choose_chunk_size([warmup, draws], min_chunks=20 if bar.enabled else 1)
+    loop = ChunkedLoop(step, chunk_size)
+    carry = (states, adapt_states, jnp.zeros(chains, positions.dtype))
     with bar:
-        # -- warm-up ----------------------------------------------------------------------------
-        schedule = adaptation.warmup_schedule(warmup)
-        adapt_states = jax.vmap(lambda _: adaptation.init(dimension, positions.dtype, scale))(jnp.arange(chains))
-        in_slow = jnp.asarray(schedule.in_slow_window)
-        window_end = jnp.asarray(schedule.window_end)
-
-        def warmup_step(carry, step_key, t):
-            states, adapt_states = carry
-            keys = jax.random.split(step_key, chains)
-
-            def one_chain(key, state, adapt_state):
-                if proposal is None:
-                    step_proposal = metropolis.random_walk(adaptation.proposal_scale(adapt_state))
-                else:
-                    step_proposal = proposal
-                state, info = kernel(key, state, step_proposal)
-                adapt_state = adaptation.update(
-                    adapt_state, info.acceptance_rate, state.position, in_slow[t], window_end[t], target
-                )
-                return state, adapt_state, info
-
-            states, adapt_states, info = jax.vmap(one_chain)(keys, states, adapt_states)
-            return (states, adapt_states), info.acceptance_rate
-
         bar.phase("warmup")
-        warm = run_chunked(
-            warmup_step, (states, adapt_states), key_warmup, warmup,
-            chunk_size=_chunk(chunk_size, warmup, bar.enabled), on_chunk=bar.update,
-        )
-        states, adapt_states = warm.carry
+        unit_scales = jnp.ones((chains, dimension), positions.dtype)
+        warm = loop.run(carry, key_warmup, warmup, {"warmup": jnp.bool_(True), "scale": unit_scales},
+                        on_chunk=bar.update, keep_outputs=False)
+        states, adapt_states, warmup_acceptance = warm.carry
         final_scales = jax.vmap(adaptation.final_proposal_scale)(adapt_states)
-
-        # -- sampling with the kernel fixed ------------------------------------------------------
-        def sampling_step(states, step_key, t):
-            keys = jax.random.split(step_key, chains)
-
-            def one_chain(key, state, chain_scale):
-                step_proposal = metropolis.random_walk(chain_scale) if proposal is None else proposal
-                state, info = kernel(key, state, step_proposal)
-                return state, (state.position, state.log_density, info.acceptance_rate)
-
-            return jax.vmap(one_chain)(keys, states, final_scales)
-
         bar.phase("sampling")
-        run = run_chunked(
-            sampling_step, states, key_sampling, draws,
-            chunk_size=_chunk(chunk_size, draws, bar.enabled), on_chunk=bar.update,
-        )
+        run = loop.run(warm.carry, key_sampling, draws, {"warmup": jnp.bool_(False), "scale": final_scales},
+                       on_chunk=bar.update)
 
     flat_draws, log_joint, acceptance = (np.swapaxes(x, 0, 1) for x in run.outputs)  # (chains, draws, ...)
-    seconds = {
-        "compile": warm.compile_seconds + run.compile_seconds,
-        "warmup": warm.run_seconds,
-        "sampling": run.run_seconds,
-    }
+    seconds = {"compile": loop.compile_seconds, "warmup": warm.seconds, "sampling": run.seconds}
     seconds["total"] = time.perf_counter() - tic_total
     return SamplingResults.from_flat_draws(
         model=model,
@@ -158,14 +149,8 @@ def sample(
         warmup=warmup,
         seconds=seconds,
         proposal_scale=np.asarray(final_scales) if proposal is None else None,
-        warmup_acceptance_rate=float(np.mean(warm.outputs)) if warmup else None,
+        warmup_acceptance_rate=float(np.mean(warmup_acceptance) / warmup) if warmup else None,
     )
-
-
-def _chunk(chunk_size: int | None, steps: int, with_progress: bool) -> int | None:
-    if chunk_size is not None:
-        return chunk_size
-    return max(1, -(-steps // 20)) if with_progress else None
 
 
 def _check_count(name: str, value, minimum: int):

@@ -65,10 +65,6 @@ class _OrderedIIDNormal(dist.Distribution):
         normal_terms = dist.Normal(self.loc, self.scale).log_prob(value).sum(-1)
         return normal_terms + math.lgamma(self.size + 1)
 
-    @property
-    def mean(self):  # not needed by elbox; the order statistics' means have no simple form
-        raise NotImplementedError
-
 
 # -- the models -------------------------------------------------------------------------------
 # Each factory loads its data once and returns a zero-argument NumPyro model closed over it.
