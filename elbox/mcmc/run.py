@@ -85,18 +85,17 @@ def sample(
         raise SettingsError(f"target_acceptance must lie in (0, 1), got {target_acceptance}.")
 
     key_init, key_warmup, key_sampling = jax.random.split(key, 3)
-    log_density_fn = jax.jit(model.flat_log_joint)
-    positions = initial_positions(model, key_init, chains, init, log_density_fn)
+    positions, log_densities = initial_positions(model, key_init, chains, init)
     dimension = model.dimension
     target = target_acceptance if target_acceptance is not None else adaptation.default_target_acceptance(dimension)
     kernel = metropolis.build_kernel(model.flat_log_joint)
-    states = jax.vmap(lambda p: metropolis.init(p, model.flat_log_joint))(positions)
+    states = metropolis.MHState(positions, log_densities)
 
     schedule = adaptation.warmup_schedule(warmup)
     # One trailing entry so that the schedule can be indexed even when warmup == 0.
     in_slow = jnp.asarray(np.append(schedule.in_slow_window, False))
     window_end = jnp.asarray(np.append(schedule.window_end, False))
-    adapt_states = jax.vmap(lambda _: adaptation.init(dimension, positions.dtype, scale))(jnp.arange(chains))
+    adapt_states = jax.jit(jax.vmap(lambda _: adaptation.init(dimension, positions.dtype, scale)))(jnp.arange(chains))
 
     def step(carry, step_key, t, phase):
         """One step of every chain; during warm-up (``phase["warmup"]``) the proposal adapts."""
@@ -133,7 +132,7 @@ def sample(
         warm = loop.run(carry, key_warmup, warmup, {"warmup": jnp.bool_(True), "scale": unit_scales},
                         on_chunk=bar.update, keep_outputs=False)
         states, adapt_states, warmup_acceptance = warm.carry
-        final_scales = jax.vmap(adaptation.final_proposal_scale)(adapt_states)
+        final_scales = jax.jit(jax.vmap(adaptation.final_proposal_scale))(adapt_states)
         bar.phase("sampling")
         run = loop.run(warm.carry, key_sampling, draws, {"warmup": jnp.bool_(False), "scale": final_scales},
                        on_chunk=bar.update)
@@ -163,9 +162,8 @@ def initial_positions(
     key: jax.Array,
     chains: int,
     init: dict[str, Any] | None,
-    log_density_fn: Callable | None = None,
-) -> jax.Array:
-    """Flat unconstrained starting points, one row per chain, each with a finite log density.
+) -> tuple[jax.Array, jax.Array]:
+    """Flat unconstrained starting points, one row per chain, and their finite log densities.
 
     With ``init`` (constrained values) every chain starts there. Otherwise each chain draws
     ``model.init_position + U(-2, 2)`` coordinate-wise (Stan's default), redrawing the chains
@@ -174,8 +172,7 @@ def initial_positions(
     Raises:
         InitializationError: naming the sites whose log density is not finite.
     """
-    log_density_fn = log_density_fn or jax.jit(model.flat_log_joint)
-    batch_log_density = jax.jit(jax.vmap(log_density_fn))
+    batch_log_density = jax.jit(jax.vmap(model.flat_log_joint))
     if init is not None:
         try:
             u = model.unconstrain(init)
@@ -183,7 +180,8 @@ def initial_positions(
             raise InitializationError(f"The initial values lack the parameter {err}.") from err
         flat = model.ravel(u)
         _require_finite(model, flat, "the given initial values")
-        return jnp.broadcast_to(flat, (chains, flat.size))
+        positions = jnp.broadcast_to(flat, (chains, flat.size))
+        return positions, batch_log_density(positions)
 
     center = model.ravel(model.init_position)
     positions = None
@@ -192,17 +190,18 @@ def initial_positions(
             jax.random.fold_in(key, attempt), (chains, center.size), center.dtype, -INIT_RADIUS, INIT_RADIUS
         )
         positions = draw if positions is None else jnp.where(finite[:, None], positions, draw)
-        finite = np.isfinite(np.asarray(batch_log_density(positions)))
+        log_densities = batch_log_density(positions)
+        finite = np.isfinite(np.asarray(log_densities))
         if finite.all():
-            return positions
+            return positions, log_densities
     bad = positions[int(np.argmin(finite))]
     _require_finite(model, bad, f"{INIT_ATTEMPTS} random starting points in [-2, 2]")
-    return positions  # unreachable: _require_finite raised
+    raise AssertionError("unreachable: _require_finite raised")
 
 
 def _require_finite(model: Model, flat: jax.Array, where: str):
     u = model.unravel(flat)
-    total = model.log_joint(u)
+    total = jax.jit(model.log_joint)(u)
     if np.isfinite(float(total)):
         return
     terms = model.site_log_densities(u)
