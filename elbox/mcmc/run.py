@@ -16,7 +16,7 @@ import numpy as np
 
 from elbox.errors import InitializationError, SettingsError
 from elbox.mcmc import adaptation, metropolis
-from elbox.mcmc.loop import ChunkedLoop, choose_chunk_size
+from elbox.loop import ChunkedLoop, choose_chunk_size
 from elbox.model import Model
 from elbox.models import resolve
 from elbox.progress import ProgressBar
