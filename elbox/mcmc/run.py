@@ -2,7 +2,7 @@
 
 ``sample(model, key, method="mh", chains=4, warmup=1000, draws=1000)`` is the public entry
 point (re-exported as ``elbox.sample``). Chains are batched with ``vmap``; steps run in
-compiled ``lax.scan`` chunks (:mod:`elbox.mcmc.loop`).
+compiled ``lax.scan`` chunks (:mod:`elbox.loop`).
 """
 
 from __future__ import annotations
