@@ -22,3 +22,7 @@ class InitializationError(ElboxError):
 
 class SettingsError(ElboxError):
     """A numeric setting is out of range (a negative count, a non-positive scale)."""
+
+
+class FittingError(ElboxError):
+    """Optimisation went wrong (a non-finite ELBO): the message names the step and a remedy."""

@@ -85,9 +85,15 @@ class ChunkedLoop:
         phase_args: Any,
         on_chunk: Callable[[int], None] | None = None,
         keep_outputs: bool = True,
+        stop: Callable[[Any], bool] | None = None,
     ) -> PhaseRun:
-        """Run one phase of ``num_steps`` steps from ``carry``; ``keep_outputs=False`` drops the
-        per-step outputs chunk by chunk (warm-up draws), keeping memory bounded."""
+        """Run one phase of ``num_steps`` steps from ``carry``.
+
+        ``keep_outputs=False`` drops the per-step outputs chunk by chunk (warm-up draws),
+        keeping memory bounded. ``stop(outputs_so_far)`` is asked after each chunk (with the
+        kept outputs, concatenated) and ends the phase early when it returns True; it may also
+        raise to abort.
+        """
         if num_steps == 0:
             return PhaseRun(carry, None, 0.0)
         start_steps = jnp.int32(0)
@@ -108,7 +114,14 @@ class ChunkedLoop:
             seconds += time.perf_counter() - tic
             if on_chunk is not None:
                 on_chunk(min(self.chunk_size, num_steps - start))
+            done = min(start + self.chunk_size, num_steps)
+            if stop is not None and stop(_concatenate(outputs, done)):
+                num_steps = done
+                break
         if not keep_outputs:
             return PhaseRun(carry, None, seconds)
-        stacked = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=0)[:num_steps], *outputs)
-        return PhaseRun(carry, stacked, seconds)
+        return PhaseRun(carry, _concatenate(outputs, num_steps), seconds)
+
+
+def _concatenate(outputs: list, num_steps: int):
+    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=0)[:num_steps], *outputs)

@@ -96,6 +96,7 @@ class Model:
         site_log_density_fn: Callable | None = None,
         known: Known | None = None,
         prior_is_proper: bool = True,
+        gaussian_prior: tuple[Any, Any] | None = None,
     ):
         if log_joint_fn is None:
             if log_prior_fn is None or log_likelihood_fn is None:
@@ -113,6 +114,9 @@ class Model:
         self.prior_is_proper = prior_is_proper
         flat, self._unravel = ravel_pytree(self.init_position)
         self.dimension = int(flat.size)
+        # (mean, variance) of the prior on the flat unconstrained space when it is an
+        # independent Gaussian with fixed parameters, for closed-form KL(q || p(z)).
+        self.gaussian_prior = gaussian_prior
 
     # -- densities ----------------------------------------------------------------------------
     @property
@@ -168,6 +172,14 @@ class Model:
     def flat_log_joint(self, flat: jax.Array) -> jax.Array:
         """``log_joint`` of a flat unconstrained vector: what the kernels evaluate."""
         return self.log_joint(self.unravel(flat))
+
+    def flat_log_prior(self, flat: jax.Array) -> jax.Array:
+        """``log_prior`` of a flat unconstrained vector."""
+        return self.log_prior(self.unravel(flat))
+
+    def flat_log_likelihood(self, flat: jax.Array) -> jax.Array:
+        """``log_likelihood`` of a flat unconstrained vector."""
+        return self.log_likelihood(self.unravel(flat))
 
     def __repr__(self) -> str:
         return f"Model(name={self.name!r}, dimension={self.dimension}, split={self.has_split})"
@@ -355,6 +367,10 @@ def _from_numpyro(model_fn, model_args, model_kwargs, name, known) -> Model:
         prior, likelihood = split_terms(u)
         return prior + likelihood
 
+    def prior_sites(u):
+        substituted = handlers.substitute(model_fn, substitute_fn=partial(_unconstrain_reparam, u))
+        return handlers.trace(handlers.seed(substituted, rng_seed=0)).get_trace(*model_args, **model_kwargs)
+
     return Model(
         name=name,
         init_position=init,
@@ -366,7 +382,33 @@ def _from_numpyro(model_fn, model_args, model_kwargs, name, known) -> Model:
         site_log_density_fn=site_terms,
         known=known,
         prior_is_proper=prior_is_proper,
+        gaussian_prior=_fixed_gaussian_prior(prior_sites, init),
     )
+
+
+def _fixed_gaussian_prior(trace_at, init: dict):
+    """(mean, variance) of the flat prior if every latent site is Normal with real support and
+    parameters that do not depend on other latents (checked at two different points); else None."""
+    import numpyro.distributions as dist
+
+    moments = []
+    for shift in (0.3, -0.7):
+        tr = trace_at(jax.tree_util.tree_map(lambda x: x + shift, init))
+        means, variances = {}, {}
+        for site_name in init:
+            fn = tr[site_name]["fn"]
+            while isinstance(fn, (dist.Independent, dist.ExpandedDistribution)):
+                fn = fn.base_dist
+            if type(fn) is not dist.Normal or tr[site_name]["scale"] is not None:
+                return None
+            shape = jnp.shape(tr[site_name]["value"])
+            means[site_name] = jnp.broadcast_to(fn.loc, shape)
+            variances[site_name] = jnp.broadcast_to(fn.scale**2, shape)
+        moments.append((ravel_pytree(means)[0], ravel_pytree(variances)[0]))
+    (m1, v1), (m2, v2) = moments
+    if not (np.allclose(m1, m2) and np.allclose(v1, v2)):
+        return None
+    return np.asarray(m1), np.asarray(v1)
 
 
 def _is_factor(fn) -> bool:

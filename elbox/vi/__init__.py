@@ -1,0 +1,1 @@
+"""Variational inference: families, ELBO estimators, the optax fitting loop and CAVI."""

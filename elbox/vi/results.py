@@ -1,0 +1,93 @@
+"""Results of a variational fit: the bound, the evidence, the gap and draws from q."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+
+from elbox.model import Model
+from elbox.vi.elbo import ElboReport, Estimate
+
+
+@dataclasses.dataclass
+class FitResults:
+    """A fitted q and where it leaves the user relative to log p(x).
+
+    Attributes:
+        model, method, estimator: what was fitted, in which family, with which gradient estimator.
+        params: q's parameters (a pytree; see :mod:`elbox.vi.families`).
+        family: the family object (``family.sample_and_log_prob(key, params, n)`` draws from q).
+        report: the ELBO in both forms with standard errors (:class:`~elbox.vi.elbo.ElboReport`).
+        trace: the per-step ELBO estimates seen by the optimiser.
+        steps: the largest number of steps asked for; ``trace.size`` were run.
+        stopped_early: whether the stopping rule ended the fit before ``steps``.
+        inference_data: draws from q as ArviZ ``InferenceData`` (one chain), constrained.
+        seconds: ``{"compile", "fitting", "total"}``.
+    """
+
+    model: Model
+    method: str
+    estimator: str
+    params: Any
+    family: Any
+    report: ElboReport
+    trace: np.ndarray
+    steps: int
+    stopped_early: bool
+    inference_data: Any
+    seconds: dict[str, float]
+
+    @classmethod
+    def build(cls, *, model, family, params, key, draws, **kwargs):
+        import arviz as az
+
+        @jax.jit
+        def constrained_draws(key):
+            u, _ = family.sample_and_log_prob(key, params, draws)
+            return jax.vmap(lambda f: model.constrain(model.unravel(f)))(u)
+
+        posterior = {k: np.asarray(v)[None] for k, v in constrained_draws(key).items()}
+        return cls(model=model, family=family, params=params,
+                   inference_data=az.from_dict(posterior=posterior), **kwargs)
+
+    @property
+    def elbo(self) -> Estimate:
+        return self.report.elbo
+
+    @property
+    def log_evidence(self) -> Estimate | None:
+        """log p(x) when the model knows it exactly (stderr 0), else ``None``."""
+        value = self.model.known.log_evidence
+        return None if value is None else Estimate(float(value), 0.0)
+
+    @property
+    def log_evidence_method(self) -> str:
+        return "exact" if self.log_evidence is not None else "unknown"
+
+    @property
+    def gap(self) -> Estimate | None:
+        """log p(x) - ELBO = KL(q || p(z | x)), with the ELBO's standard error."""
+        evidence = self.log_evidence
+        if evidence is None:
+            return None
+        return Estimate(evidence.value - self.elbo.value, float(np.hypot(evidence.stderr, self.elbo.stderr)))
+
+    @property
+    def posterior(self):
+        return self.inference_data.posterior
+
+    def parameter_table(self) -> dict[str, dict[str, float]]:
+        """``{label: {mean, sd}}`` of q's draws, labels as ArviZ writes them (``theta[0]``)."""
+        table = self.summary()
+        return {str(label): {"mean": float(row["mean"]), "sd": float(row["sd"])} for label, row in table.iterrows()}
+
+    def summary(self):
+        """Mean, sd and 5%/95% quantiles of each constrained parameter under q."""
+        import arviz as az
+
+        quantiles = {"5%": lambda x: np.quantile(x, 0.05), "95%": lambda x: np.quantile(x, 0.95)}
+        table = az.summary(self.inference_data, kind="stats", stat_funcs=quantiles, extend=True, round_to="none")
+        return table[["mean", "sd", "5%", "95%"]]
