@@ -4,8 +4,16 @@ The public names are listed in ``__all__``; everything else is an implementation
 """
 
 from elbox import models
-from elbox.errors import ElboxError, InitializationError, ModelError, NoPriorLikelihoodSplit, SettingsError
+from elbox.errors import (
+    ElboxError,
+    FittingError,
+    InitializationError,
+    ModelError,
+    NoPriorLikelihoodSplit,
+    SettingsError,
+)
 from elbox.mcmc.run import sample
+from elbox.vi.fit import fit
 from elbox.model import Known, Model
 from elbox.results import SamplingResults
 
@@ -13,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ElboxError",
+    "FittingError",
     "InitializationError",
     "Known",
     "Model",
@@ -20,6 +29,7 @@ __all__ = [
     "NoPriorLikelihoodSplit",
     "SamplingResults",
     "SettingsError",
+    "fit",
     "models",
     "sample",
 ]

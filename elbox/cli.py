@@ -1,6 +1,7 @@
 """The ``elbox`` command: argument parsing, files and messages; the algorithms live below it.
 
     elbox sample MODEL --method mh --chains 4 --warmup 1000 --draws 1000 --seed 0 [--json PATH] [--out DIR]
+    elbox fit MODEL --method meanfield|fullrank|flow|cavi --steps N --seed S [--json PATH] [--out DIR]
     elbox models [--json]
     elbox tour [--out DIR]
 
@@ -55,6 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", metavar="DIR", type=Path, help="save the draws (netCDF) and a trace plot in DIR")
     sample.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     sample.set_defaults(handler=run_sample)
+
+    fit = commands.add_parser("fit", help="fit a variational family by maximising the ELBO; show the gap to log p(x)")
+    fit.add_argument("model", metavar="MODEL", help="built-in model name or path/to/file.py:NAME")
+    fit.add_argument("--method", default="meanfield", choices=["meanfield", "fullrank", "flow", "cavi"],
+                     help="variational family, or cavi for coordinate ascent (default: meanfield)")
+    fit.add_argument("--steps", type=_count(1), default=10_000, help="largest number of optimisation steps (default: 10000)")
+    fit.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    fit.add_argument("--learning-rate", type=_positive_float, default=0.01, help="Adam's step size (default: 0.01)")
+    fit.add_argument("--samples", type=_count(1), default=1, help="draws from q per gradient step (default: 1)")
+    fit.add_argument("--estimator", default=None, choices=["auto", "reparam", "stl", "score"],
+                     help="ELBO gradient estimator (default: auto for meanfield/fullrank, reparam for flow)")
+    fit.add_argument("--no-stop", action="store_true", help="run all steps: no stopping rule, constant step size")
+    fit.add_argument("--json", metavar="PATH", type=Path, help="write the results as JSON to PATH")
+    fit.add_argument("--out", metavar="DIR", type=Path, help="save q's draws (netCDF) and the ELBO trace plot in DIR")
+    fit.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    fit.set_defaults(handler=run_fit)
 
     models = commands.add_parser("models", help="list the built-in models and what is known exactly about each")
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -156,6 +173,45 @@ def run_sample(args) -> int:
         from elbox.report.plots import save_sampling_outputs
 
         written = save_sampling_outputs(results, args.out)
+        print("saved: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def run_fit(args) -> int:
+    import jax
+
+    from elbox.report.summary import fit_json, fit_text
+
+    model = load_model(args.model)
+    if args.method == "cavi":
+        from elbox.vi.cavi_models import fit_cavi
+
+        results = fit_cavi(model, jax.random.key(args.seed), max_iterations=args.steps)
+    else:
+        from elbox.vi.fit import fit
+
+        results = fit(
+            model,
+            jax.random.key(args.seed),
+            method=args.method,
+            steps=args.steps,
+            learning_rate=args.learning_rate,
+            num_samples=args.samples,
+            estimator=args.estimator,
+            stop_when_flat=not args.no_stop,
+            progress=not args.no_progress,
+        )
+    print(fit_text(results, model_label=args.model))
+    if args.json:
+        _write_json(args.json, fit_json(results, model_label=args.model, seed=args.seed))
+        print(f"results written to {args.json}")
+    if args.out:
+        from elbox.report.plots import elbo_trace_plot
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        draws_path = args.out / "q_draws.nc"
+        results.inference_data.to_netcdf(str(draws_path))
+        written = [draws_path, elbo_trace_plot(results, args.out / "elbo_trace.png")]
         print("saved: " + ", ".join(str(p) for p in written))
     return 0
 

@@ -34,3 +34,66 @@ def save_sampling_outputs(results: SamplingResults, folder: Path) -> list[Path]:
     draws_path = folder / "draws.nc"
     results.inference_data.to_netcdf(str(draws_path))
     return [draws_path, trace_plot(results, folder / "trace.png")]
+
+
+def elbo_trace_plot(results, path: Path) -> Path:
+    """The per-step ELBO estimates, their running mean, and log p(x) as a line above when known."""
+    import numpy as np
+
+    trace = results.trace
+    figure, ax = plt.subplots(figsize=(7, 4))
+    steps = np.arange(1, trace.size + 1)
+    ax.plot(steps, trace, color="tab:blue", alpha=0.25, lw=0.6, label="ELBO estimate per step")
+    width = max(1, trace.size // 50)
+    smooth = np.convolve(trace, np.ones(width) / width, mode="valid")
+    ax.plot(steps[width - 1:], smooth, color="tab:blue", lw=1.5, label=f"running mean ({width} steps)")
+    final = results.elbo.value
+    if results.log_evidence is not None:
+        ax.axhline(results.log_evidence.value, color="black", lw=1.2, label="log p(x) (exact)")
+    ax.axhline(final, color="tab:orange", lw=1, ls="--", label=f"final ELBO {final:.3f}")
+    low = np.quantile(trace, 0.05)
+    top = results.log_evidence.value if results.log_evidence is not None else trace.max()
+    ax.set_ylim(low - 0.1 * abs(top - low), top + 0.15 * abs(top - low) + 1e-3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("nats")
+    ax.set_title(f"{results.model.name}: {results.method} ELBO")
+    ax.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def marginals_plot(fits: list, mcmc, path: Path, max_parameters: int = 6) -> Path:
+    """Each fitted q's marginal densities over a histogram of MCMC draws, per parameter."""
+    import numpy as np
+    from scipy import stats
+
+    posterior = mcmc.posterior
+    labels = []
+    for name in posterior.data_vars:
+        values = posterior[name].values.reshape(posterior[name].shape[0] * posterior[name].shape[1], -1)
+        for j in range(values.shape[1]):
+            labels.append((f"{name}[{j}]" if values.shape[1] > 1 or posterior[name].ndim > 2 else name, name, j))
+    labels = labels[:max_parameters]
+    columns = min(3, len(labels))
+    rows = -(-len(labels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
+    for ax, (label, name, j) in zip(axes.ravel(), labels):
+        reference = mcmc.posterior[name].values.reshape(-1, *mcmc.posterior[name].shape[2:])
+        reference = reference.reshape(reference.shape[0], -1)[:, j]
+        low, high = np.quantile(reference, [0.002, 0.998])
+        grid = np.linspace(low, high, 200)
+        ax.hist(reference, bins=50, range=(low, high), density=True, color="0.75", label=f"MCMC ({mcmc.method})")
+        for fit in fits:
+            draws = fit.posterior[name].values.reshape(-1, *fit.posterior[name].shape[2:])
+            draws = draws.reshape(draws.shape[0], -1)[:, j]
+            ax.plot(grid, stats.gaussian_kde(draws)(grid), lw=1.5, label=f"q: {fit.method}")
+        ax.set_title(label)
+    for ax in axes.ravel()[len(labels):]:
+        ax.axis("off")
+    axes.ravel()[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -42,3 +42,65 @@ def sampling_text(results: SamplingResults, model_label: str) -> str:
             f"warning: R-hat up to {worst:.3f} (> 1.01): the chains disagree; run longer or check the model."
         )
     return "\n".join(lines)
+
+
+def fit_json(results, model_label: str, seed: int | None) -> dict:
+    """The JSON summary of a variational fit: both ELBO forms, log p(x), the gap, timings."""
+    report = results.report
+    evidence = results.log_evidence
+    gap = results.gap
+    return {
+        "model": model_label,
+        "method": results.method,
+        "steps": int(results.trace.size),
+        "seed": seed,
+        "elbo": report.elbo.as_dict(),
+        "elbo_forms": {
+            "joint_minus_entropy": report.joint_minus_entropy.as_dict(),
+            "loglik_minus_kl": None if report.loglik_minus_kl is None else report.loglik_minus_kl.as_dict(),
+        },
+        "log_evidence": {
+            "value": None if evidence is None else evidence.value,
+            "stderr": None if evidence is None else evidence.stderr,
+            "method": results.log_evidence_method,
+        },
+        "gap": None if gap is None else gap.value,
+        "seconds": {k: round(v, 4) for k, v in results.seconds.items()},
+        "parameters": results.parameter_table(),
+    }
+
+
+def fit_text(results, model_label: str) -> str:
+    """What ``elbox fit`` prints: the bound both ways, the evidence, the gap and q's summary."""
+    report = results.report
+    evidence, gap = results.log_evidence, results.gap
+    lines = [
+        f"{model_label}: {results.method} q, {results.trace.size} steps"
+        + (" (stopped: the smoothed ELBO stopped rising)" if results.stopped_early else ""),
+        "",
+        f"ELBO                              {_pm(report.elbo)}",
+        f"  (a) E_q[log p(x,z)] + H[q]      {_pm(report.joint_minus_entropy)}",
+    ]
+    if report.loglik_minus_kl is not None:
+        lines.append(f"  (b) E_q[log p(x|z)] - KL(q||p)  {_pm(report.loglik_minus_kl)}"
+                     f"   (KL {report.kl_to_prior.value:.4f}, {report.kl_method})")
+    else:
+        lines.append("  (b) E_q[log p(x|z)] - KL(q||p)  not available: the model has no prior/likelihood split")
+    if evidence is not None:
+        lines.append(f"log p(x)                          {evidence.value:.4f}   (exact)")
+        lines.append(f"gap = log p(x) - ELBO = KL(q || p(z|x))  {_pm(gap)}")
+    else:
+        lines.append("log p(x)                          unknown (no exact value for this model)")
+    seconds = results.seconds
+    table = results.summary()
+    lines += [
+        "",
+        table.to_string(float_format=lambda v: f"{v:.3f}"),
+        "",
+        f"seconds: compile {seconds['compile']:.2f}, fitting {seconds['fitting']:.2f}, total {seconds['total']:.2f}",
+    ]
+    return "\n".join(lines)
+
+
+def _pm(estimate) -> str:
+    return f"{estimate.value:.4f} ± {estimate.stderr:.4f}"

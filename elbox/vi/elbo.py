@@ -89,15 +89,19 @@ def mean_and_stderr(values) -> Estimate:
     return Estimate(float(values.mean()), float(values.std(ddof=1) / np.sqrt(values.size)))
 
 
-def gaussian_kl(mean_q, cov_q, mean_p, var_p) -> float:
-    """KL(N(m_q, S_q) || N(m_p, diag(v_p))) =
-    1/2 [tr(S_p^-1 S_q) + (m_p - m_q)^T S_p^-1 (m_p - m_q) - d + log det S_p - log det S_q]."""
+def gaussian_kl(mean_q, cov_q, mean_p, cov_p) -> float:
+    """KL(N(m_q, S_q) || N(m_p, S_p)) =
+    1/2 [tr(S_p^-1 S_q) + (m_p - m_q)^T S_p^-1 (m_p - m_q) - d + log det S_p - log det S_q],
+    in float64; ``cov_p`` may be a vector of variances (a diagonal S_p)."""
     mean_q, cov_q = np.asarray(mean_q, np.float64), np.asarray(cov_q, np.float64)
-    mean_p, var_p = np.asarray(mean_p, np.float64), np.asarray(var_p, np.float64)
+    mean_p, cov_p = np.asarray(mean_p, np.float64), np.asarray(cov_p, np.float64)
+    if cov_p.ndim == 1:
+        cov_p = np.diag(cov_p)
     diff = mean_p - mean_q
     _, logdet_q = np.linalg.slogdet(cov_q)
-    return float(0.5 * (np.sum(np.diag(cov_q) / var_p) + np.sum(diff**2 / var_p) - mean_q.size
-                        + np.sum(np.log(var_p)) - logdet_q))
+    _, logdet_p = np.linalg.slogdet(cov_p)
+    trace_term = np.trace(np.linalg.solve(cov_p, cov_q))
+    return float(0.5 * (trace_term + diff @ np.linalg.solve(cov_p, diff) - mean_q.size + logdet_p - logdet_q))
 
 
 class ElboReport(NamedTuple):
@@ -144,20 +148,33 @@ def evaluate_elbo(key, model, family, params, num_samples: int = 4096, batch: in
 
     if not model.has_split:
         return ElboReport(elbo, form_a, None, None, None, entropy, None)
-    pairs, log_q_b = _draws(key_b, family, params, num_samples, batch,
-                            lambda u: jnp.stack([model.flat_log_likelihood(u), model.flat_log_prior(u)]))
+    form_b, expected_ll, kl, kl_method = loglik_minus_kl(key_b, model, family, params, num_samples, batch)
+    return ElboReport(elbo, form_a, form_b, expected_ll, kl, entropy, kl_method)
+
+
+def loglik_minus_kl(key, model, family, params, num_samples: int = 4096, batch: int = 512):
+    """Form (b) of the ELBO, E_q[log p(x | u)] - KL(q(u) || p(u)), with its parts.
+
+    KL is in closed form when q and the prior on u are both Gaussian, by Monte Carlo otherwise.
+
+    Returns:
+        (form_b, expected_log_likelihood, kl_to_prior, kl_method), estimates with standard errors.
+
+    Raises:
+        NoPriorLikelihoodSplit: the model was given as one log density.
+    """
+    if not model.has_split:
+        model.log_prior(model.init_position)  # raises NoPriorLikelihoodSplit with the remedy
+    pairs, log_q = _draws(key, family, params, num_samples, batch,
+                          lambda u: jnp.stack([model.flat_log_likelihood(u), model.flat_log_prior(u)]))
     log_lik, log_prior = pairs[:, 0], pairs[:, 1]
     expected_ll = mean_and_stderr(log_lik)
     gaussian = family.gaussian(params)
     if gaussian is not None and model.gaussian_prior is not None:
         kl = Estimate(gaussian_kl(*gaussian, *model.gaussian_prior), 0.0)
-        form_b = Estimate(expected_ll.value - kl.value, expected_ll.stderr)
-        kl_method = "closed form"
-    else:
-        kl = mean_and_stderr(log_q_b - log_prior)
-        form_b = mean_and_stderr(log_lik - (log_q_b - log_prior))
-        kl_method = "monte carlo"
-    return ElboReport(elbo, form_a, form_b, expected_ll, kl, entropy, kl_method)
+        return Estimate(expected_ll.value - kl.value, expected_ll.stderr), expected_ll, kl, "closed form"
+    kl = mean_and_stderr(log_q - log_prior)
+    return mean_and_stderr(log_lik - (log_q - log_prior)), expected_ll, kl, "monte carlo"
 
 
 def _draws(key, family, params, num_samples, batch, fn):

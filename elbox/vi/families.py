@@ -11,8 +11,11 @@ Every family is an object with the same methods, its parameters a pytree:
 
 Families, from the poorest to the richest:
 
-* :class:`MeanField`: q(u) = prod_i N(u_i; m_i, s_i^2), s = softplus(rho).
-* :class:`FullRank`: q(u) = N(u; m, L L^T), L lower-triangular with a softplus diagonal.
+* :class:`MeanField`: q(u) = prod_i N(u_i; m_i, s_i^2), s = exp(log_scale).
+* :class:`FullRank`: q(u) = N(u; m, L L^T), L lower-triangular with a positive diagonal exp(log_scale).
+
+Scales are parameterised by their logarithm: Adam moves each parameter by about the learning
+rate per step, so a scale can travel from 0.01 to 100 in a few hundred steps.
 * :class:`Flow`: a masked autoregressive flow with rational-quadratic spline transformers
   (flowjax), base N(0, I); sampling is one pass, as VI needs.
 """
@@ -29,10 +32,6 @@ LOG_2PI = math.log(2 * math.pi)
 INITIAL_SCALE = 0.1
 
 
-def _softplus_inverse(x: float) -> float:
-    return math.log(math.expm1(x))
-
-
 def gaussian_entropy(log_diag_chol: jax.Array) -> jax.Array:
     """H[N(m, L L^T)] = sum(log diag L) + d/2 (1 + log 2 pi)."""
     d = log_diag_chol.shape[-1]
@@ -40,7 +39,7 @@ def gaussian_entropy(log_diag_chol: jax.Array) -> jax.Array:
 
 
 class MeanField:
-    """q(u) = prod_i N(u_i; m_i, s_i^2) with s_i = softplus(rho_i)."""
+    """q(u) = prod_i N(u_i; m_i, s_i^2) with s_i = exp(log_scale_i)."""
 
     name = "meanfield"
 
@@ -48,10 +47,10 @@ class MeanField:
         self.dimension = dimension
 
     def init(self, loc: jax.Array) -> dict:
-        return {"loc": jnp.asarray(loc), "rho": jnp.full_like(loc, _softplus_inverse(INITIAL_SCALE))}
+        return {"loc": jnp.asarray(loc), "log_scale": jnp.full_like(loc, math.log(INITIAL_SCALE))}
 
     def scale(self, params) -> jax.Array:
-        return jax.nn.softplus(params["rho"])
+        return jnp.exp(params["log_scale"])
 
     def sample_and_log_prob(self, key, params, n: int):
         eps = jax.random.normal(key, (n, self.dimension), params["loc"].dtype)
@@ -73,7 +72,7 @@ class MeanField:
 
 
 class FullRank:
-    """q(u) = N(u; m, L L^T): L lower-triangular, diagonal softplus(rho), below it free."""
+    """q(u) = N(u; m, L L^T): L lower-triangular, diagonal exp(log_scale), below it free."""
 
     name = "fullrank"
 
@@ -85,14 +84,14 @@ class FullRank:
         d = self.dimension
         return {
             "loc": jnp.asarray(loc),
-            "rho": jnp.full((d,), _softplus_inverse(INITIAL_SCALE), jnp.asarray(loc).dtype),
+            "log_scale": jnp.full((d,), math.log(INITIAL_SCALE), jnp.asarray(loc).dtype),
             "off_diagonal": jnp.zeros((d * (d - 1) // 2,), jnp.asarray(loc).dtype),
         }
 
     def cholesky(self, params) -> jax.Array:
         d = self.dimension
         chol = jnp.zeros((d, d), params["loc"].dtype).at[self._rows, self._cols].set(params["off_diagonal"])
-        return chol + jnp.diag(jax.nn.softplus(params["rho"]))
+        return chol + jnp.diag(jnp.exp(params["log_scale"]))
 
     def sample_and_log_prob(self, key, params, n: int):
         eps = jax.random.normal(key, (n, self.dimension), params["loc"].dtype)
@@ -118,7 +117,7 @@ class Flow:
     """A masked autoregressive flow (Papamakarios et al. 2017) with rational-quadratic spline
     transformers (Durkan et al. 2019), from flowjax, shifted to start near ``loc``.
 
-    u = loc + s * f(eps), eps ~ N(0, I), s = softplus(rho) per coordinate: the flow starts near
+    u = loc + s * f(eps), eps ~ N(0, I), s = exp(log_scale) per coordinate: the flow starts near
     the identity, so q starts as the same narrow Gaussian as the other families and the flow
     only has to learn the shape. With ``invert=False`` the flow's forward map samples in one
     pass and returns log q(u) alongside, which is all the ELBO needs.
@@ -156,16 +155,15 @@ class Flow:
 
     def init(self, loc: jax.Array) -> dict:
         loc = jnp.asarray(loc)
-        return {"loc": loc, "rho": jnp.full_like(loc, _softplus_inverse(INITIAL_SCALE)), "flow": self._params0}
+        return {"loc": loc, "log_scale": jnp.full_like(loc, math.log(INITIAL_SCALE)), "flow": self._params0}
 
     def sample_and_log_prob(self, key, params, n: int):
         x, log_q = self._flow(params).sample_and_log_prob(key, (n,))
-        scale = jax.nn.softplus(params["rho"])
-        return params["loc"] + scale * x, log_q - jnp.sum(jnp.log(scale))
+        return params["loc"] + jnp.exp(params["log_scale"]) * x, log_q - jnp.sum(params["log_scale"])
 
     def log_prob(self, params, u):
-        scale = jax.nn.softplus(params["rho"])
-        return self._flow(params).log_prob((u - params["loc"]) / scale) - jnp.sum(jnp.log(scale))
+        x = (u - params["loc"]) * jnp.exp(-params["log_scale"])
+        return self._flow(params).log_prob(x) - jnp.sum(params["log_scale"])
 
     def entropy(self, params):
         return None

@@ -21,13 +21,8 @@ from elbox.vi.elbo import ESTIMATORS, evaluate_elbo, surrogate_loss
 from elbox.vi.families import FAMILIES, make_family
 from elbox.vi.results import FitResults
 
-# The stopping rule compares the mean ELBO of consecutive windows of at least this many steps;
+# The host looks at the ELBO trace after every window of at least this many steps.
 MIN_WINDOW = 100
-# after this many windows in a row without a significant rise the step size is halved,
-PATIENCE = 3
-LEARNING_RATE_FACTOR = 0.5
-# and once it is this small a fraction of the initial one, fitting stops.
-MIN_LEARNING_RATE_SCALE = 1 / 1024
 
 
 def fit(
@@ -39,7 +34,7 @@ def fit(
     learning_rate: float | optax.Schedule = 0.01,
     optimizer: optax.GradientTransformation | None = None,
     num_samples: int = 1,
-    estimator: str = "reparam",
+    estimator: str | None = None,
     stop_when_flat: bool = True,
     eval_samples: int = 4096,
     draws: int = 4000,
@@ -57,8 +52,12 @@ def fit(
         learning_rate: Adam's step size (a float or an optax schedule); ignored with ``optimizer``.
         optimizer: any optax ``GradientTransformation`` (default ``optax.adam(learning_rate)``).
         num_samples: draws from q per gradient estimate.
-        estimator: ``"reparam"``, ``"stl"`` (sticking the landing) or ``"score"``
-            (score function with a leave-one-out control variate).
+        estimator: ``"reparam"``, ``"stl"`` (sticking the landing), ``"score"`` (score
+            function with a leave-one-out control variate) or ``"auto"``: ``reparam`` while the
+            ELBO rises (lowest variance far from the optimum, where the entropy gradient is
+            exact), then ``stl`` during the final anneal (its variance vanishes as q reaches the
+            posterior, so small gaps are resolved). Default: ``"auto"`` for the Gaussian
+            families, ``"reparam"`` for the flow, whose log density needs its slow inverse.
         stop_when_flat: the stopping rule on the smoothed ELBO. The trace is cut into windows
             (of max(100, steps / 100) steps); when the window mean has not risen by more than
             two standard errors for three windows in a row, the step size is halved, and after
@@ -81,8 +80,10 @@ def fit(
     model = resolve(model)
     if method not in FAMILIES:
         raise SettingsError(f"Unknown method {method!r}; choose one of {', '.join(FAMILIES)} (or cavi).")
-    if estimator not in ESTIMATORS:
-        raise SettingsError(f"Unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}.")
+    if estimator is None:
+        estimator = "reparam" if method == "flow" else "auto"
+    if estimator not in ESTIMATORS + ("auto",):
+        raise SettingsError(f"Unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)} or auto.")
     _check_count("steps", steps, minimum=1)
     _check_count("num_samples", num_samples, minimum=1)
     _check_count("eval_samples", eval_samples, minimum=2)
@@ -99,11 +100,21 @@ def fit(
     family = make_family(method, model.dimension, key_family, **(family_options or {}))
     params = family.init(loc[0])
     opt_state = optimizer.init(params)
-    loss_fn = surrogate_loss(estimator, model.flat_log_joint, family, num_samples)
+    if estimator == "auto":
+        early = surrogate_loss("reparam", model.flat_log_joint, family, num_samples)
+        late = surrogate_loss("stl", model.flat_log_joint, family, num_samples)
+
+        def loss_fn(params, key, annealing):
+            return jax.lax.cond(annealing, late, early, params, key)
+    else:
+        fixed = surrogate_loss(estimator, model.flat_log_joint, family, num_samples)
+
+        def loss_fn(params, key, annealing):
+            return fixed(params, key)
 
     def step(carry, step_key, t, phase):
         params, opt_state = carry
-        (_, elbo), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, step_key)
+        (_, elbo), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, step_key, phase["annealing"])
         updates, opt_state = optimizer.update(grads, opt_state, params)
         updates = jax.tree_util.tree_map(lambda u: phase["learning_rate_scale"] * u, updates)
         return (optax.apply_updates(params, updates), opt_state), elbo
@@ -112,24 +123,21 @@ def fit(
     loop = ChunkedLoop(step, window)
     carry = (params, opt_state)
     windows: list[np.ndarray] = []
-    scale, flat_in_a_row, seconds_fitting = 1.0, 0, 0.0
+    schedule = PlateauThenAnneal(steps, window, enabled=stop_when_flat)
+    seconds_fitting = 0.0
     with ProgressBar(progress, total=steps, description=f"{method} {model.name}") as bar:
         bar.phase("fitting")
         for index in range(-(-steps // window)):
             length = min(window, steps - index * window)
             run = loop.run(carry, jax.random.fold_in(key_fit, index), length,
-                           {"learning_rate_scale": jnp.asarray(scale, loc.dtype)})
+                           {"learning_rate_scale": jnp.asarray(schedule.scale(), loc.dtype),
+                            "annealing": jnp.bool_(schedule.annealing)})
             carry, seconds_fitting = run.carry, seconds_fitting + run.seconds
             windows.append(np.asarray(run.outputs, dtype=np.float64))
             _check_finite(windows, window, learning_rate, method, model.name)
             bar.update(length, elbo=f"{windows[-1].mean():.3f}")
-            if not stop_when_flat or len(windows) < 2:
-                continue
-            flat_in_a_row = flat_in_a_row + 1 if not _rose(windows[-2], windows[-1]) else 0
-            if flat_in_a_row >= PATIENCE:
-                scale, flat_in_a_row = scale * LEARNING_RATE_FACTOR, 0
-                if scale < MIN_LEARNING_RATE_SCALE:
-                    break
+            if schedule.observe(np.concatenate(windows)):
+                break
     params, _ = carry
     trace = np.concatenate(windows)
 
@@ -144,10 +152,60 @@ def fit(
     return results
 
 
-def _rose(previous: np.ndarray, last: np.ndarray) -> bool:
-    """Whether the window mean rose by more than two standard errors of the difference."""
-    noise = np.sqrt(previous.var(ddof=1) / previous.size + last.var(ddof=1) / last.size)
-    return last.mean() - previous.mean() > 2 * noise
+class PlateauThenAnneal:
+    """The stopping rule and step-size schedule, decided on the host between windows.
+
+    The full step size is used until the smoothed ELBO reaches a plateau: the mean of the last
+    quarter of the trace is not above the mean of the quarter before it by more than two
+    standard errors (a horizon that grows with the run, so slow but steady progress is not
+    mistaken for a plateau), looked for once a tenth of the budget is spent. Then the step size falls linearly to 1% over a quarter as many
+    steps again as were taken, and fitting stops. Without a plateau, the anneal takes the last
+    fifth of the budget. With ``enabled=False`` the step size stays at its initial value.
+    """
+
+    FINAL_SCALE = 0.01
+
+    def __init__(self, steps: int, window: int, enabled: bool = True):
+        self.steps, self.window, self.enabled = steps, window, enabled
+        self.done = 0
+        self.anneal_start: int | None = None
+        self.anneal_length = 0
+
+    @property
+    def annealing(self) -> bool:
+        return self.anneal_start is not None
+
+    def scale(self) -> float:
+        """The step-size multiplier for the next window."""
+        if self.anneal_start is None:
+            return 1.0
+        progress = min(1.0, (self.done - self.anneal_start + 0.5 * self.window) / self.anneal_length)
+        return 1.0 - (1.0 - self.FINAL_SCALE) * progress
+
+    def observe(self, trace: np.ndarray) -> bool:
+        """Take the trace so far; return True when fitting should stop."""
+        self.done = trace.size
+        if not self.enabled:
+            return False
+        if self.anneal_start is None:
+            if self.done >= max(4 * self.window, self.steps // 10) and plateaued(trace):
+                self._start_anneal(max(2 * self.window, self.done // 4))
+            elif self.done >= 0.8 * self.steps:
+                self._start_anneal(self.steps - self.done)
+            return False
+        return self.done >= self.anneal_start + self.anneal_length
+
+    def _start_anneal(self, length: int):
+        self.anneal_start = self.done
+        self.anneal_length = max(1, -(-length // self.window) * self.window)
+
+
+def plateaued(trace: np.ndarray) -> bool:
+    """Whether the last quarter's mean ELBO is within two standard errors of the third quarter's."""
+    n = trace.size
+    third, last = trace[n // 2: 3 * n // 4], trace[3 * n // 4:]
+    noise = np.sqrt(third.var(ddof=1) / third.size + last.var(ddof=1) / last.size)
+    return last.mean() - third.mean() <= 2 * noise
 
 
 def _check_finite(windows: list[np.ndarray], window: int, learning_rate, method: str, model_name: str):
