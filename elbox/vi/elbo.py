@@ -30,8 +30,11 @@ import numpy as np
 ESTIMATORS = ("reparam", "stl", "score")
 
 
-def surrogate_loss(estimator: str, log_joint: Callable, family, num_samples: int):
-    """``loss(params, key) -> (loss, elbo_estimate)`` whose gradient estimates -grad ELBO."""
+def surrogate_loss(estimator: str, log_joint: Callable, family, num_samples: int, control_variate: bool = True):
+    """``loss(params, key) -> (loss, elbo_estimate)`` whose gradient estimates -grad ELBO.
+
+    ``control_variate=False`` removes the score-function estimator's baseline (for comparison).
+    """
     batch_log_joint = jax.vmap(log_joint)
 
     def reparam(params, key):
@@ -52,7 +55,7 @@ def surrogate_loss(estimator: str, log_joint: Callable, family, num_samples: int
         u = jax.lax.stop_gradient(u)
         log_q = family.log_prob(params, u)
         f = jax.lax.stop_gradient(batch_log_joint(u) - log_q)
-        weight = f - leave_one_out_mean(f) if num_samples > 1 else f
+        weight = f - leave_one_out_mean(f) if control_variate and num_samples > 1 else f
         # grad E_q[f] = E[f grad log q] + E[grad_params f]; the second term is -E[grad log q] = 0.
         surrogate = jnp.mean(weight * log_q)
         return -surrogate, jnp.mean(f)
