@@ -81,6 +81,21 @@ def device_description() -> str:
     return text
 
 
+def elbox_source_hash() -> str:
+    """A short hash of elbox's Python sources, to tell apart runs of different versions."""
+    import hashlib
+    import pathlib
+
+    import elbox
+
+    digest = hashlib.sha256()
+    root = pathlib.Path(elbox.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 # -- workers: one measurement each, in a fresh process -------------------------------------------
 
 
@@ -173,6 +188,7 @@ def run_worker(library: str, model_name: str, chains: int, draws: int) -> dict:
         draws=draws,
         steps_per_second=chains * draws / result["sampling_seconds"],
         device=device_description(),
+        elbox_source=elbox_source_hash(),
     )
     return result
 
@@ -211,6 +227,11 @@ def compare(model_name: str, chains: int, draws: int, repeats: int, timeout: flo
         return statistics.median(r[field] for r in runs[library])
 
     elbox_speed, blackjax_speed = median("elbox", "steps_per_second"), median("blackjax", "steps_per_second")
+    # The two measurements of one repeat ran back to back, so their ratio is less exposed to
+    # the machine's slow drifts (other processes) than the ratio of the two medians.
+    paired = statistics.median(
+        e["steps_per_second"] / b["steps_per_second"] for e, b in zip(runs["elbox"], runs["blackjax"])
+    )
     return {
         "benchmark": BENCHMARK,
         "model": model_name,
@@ -219,6 +240,7 @@ def compare(model_name: str, chains: int, draws: int, repeats: int, timeout: flo
         "elbox_steps_per_second": round(elbox_speed, 1),
         "blackjax_steps_per_second": round(blackjax_speed, 1),
         "ratio": round(elbox_speed / blackjax_speed, 4),
+        "ratio_paired": round(paired, 4),
         "elbox_compile_seconds": round(median("elbox", "compile_seconds"), 4),
         "blackjax_compile_seconds": round(median("blackjax", "compile_seconds"), 4),
         "elbox_first_call_seconds": round(median("elbox", "first_call_seconds"), 4),
@@ -230,6 +252,8 @@ def compare(model_name: str, chains: int, draws: int, repeats: int, timeout: flo
         "blackjax_acceptance_rate": round(median("blackjax", "acceptance_rate"), 4),
         "repeats": repeats,
         "device": runs["elbox"][0]["device"],
+        # Changes if elbox's code changed between the measurements of this comparison.
+        "elbox_source": ",".join(sorted({r["elbox_source"] for r in runs["elbox"] + runs["blackjax"]})),
     }
 
 

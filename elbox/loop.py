@@ -70,10 +70,15 @@ class ChunkedLoop:
     def _chunk(self, carry, key, start, num_steps, phase_args):
         def body(carry, offset):
             t = start + offset
-            new_carry, out = self.step_fn(carry, jax.random.fold_in(key, t), t, phase_args)
-            active = t < num_steps
-            new_carry = jax.tree_util.tree_map(lambda a, b: jnp.where(active, a, b), new_carry, carry)
-            return new_carry, out
+
+            def take_step(carry):
+                return self.step_fn(carry, jax.random.fold_in(key, t), t, phase_args)
+
+            def skip(carry):  # a padded step past the phase's end: nothing changes
+                out_shape = jax.eval_shape(take_step, carry)[1]
+                return carry, jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape)
+
+            return jax.lax.cond(t < num_steps, take_step, skip, carry)
 
         return jax.lax.scan(body, carry, jnp.arange(self.chunk_size, dtype=jnp.int32))
 

@@ -105,19 +105,17 @@ def sample(
         def one_chain(key, state, adapt_state, fixed_scale):
             if proposal is None:
                 chain_scale = jnp.where(phase["warmup"], adaptation.proposal_scale(adapt_state), fixed_scale)
-                step_proposal = metropolis.random_walk(chain_scale)
-            else:
-                step_proposal = proposal
-            state, info = kernel(key, state, step_proposal)
-            adapted = adaptation.update(
-                adapt_state, info.acceptance_rate, state.position, in_slow[t], window_end[t], target
-            )
-            adapt_state = jax.tree_util.tree_map(
-                lambda new, old: jnp.where(phase["warmup"], new, old), adapted, adapt_state
-            )
-            return state, adapt_state, info
+                return kernel(key, state, metropolis.random_walk(chain_scale))
+            return kernel(key, state, proposal)
 
-        states, adapt_states, info = jax.vmap(one_chain)(keys, states, adapt_states, phase["scale"])
+        states, info = jax.vmap(one_chain)(keys, states, adapt_states, phase["scale"])
+
+        def adapt(adapt_states):
+            update = lambda a, rate, x: adaptation.update(a, rate, x, in_slow[t], window_end[t], target)  # noqa: E731
+            return jax.vmap(update)(adapt_states, info.acceptance_rate, states.position)
+
+        # A real branch, not a select: after warm-up the adaptation is not computed at all.
+        adapt_states = jax.lax.cond(phase["warmup"], adapt, lambda a: a, adapt_states)
         warmup_acceptance = warmup_acceptance + jnp.where(phase["warmup"], info.acceptance_rate, 0.0)
         return (states, adapt_states, warmup_acceptance), (states.position, states.log_density, info.acceptance_rate)
 

@@ -27,30 +27,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-ESTIMATORS = ("reparam", "stl", "score")
+ESTIMATORS = ("auto", "reparam", "stl", "score")
 
 
 def surrogate_loss(estimator: str, log_joint: Callable, family, num_samples: int, control_variate: bool = True):
-    """``loss(params, key) -> (loss, elbo_estimate)`` whose gradient estimates -grad ELBO.
+    """``loss(params, key, stl_weight=None) -> (loss, elbo_estimate)``, whose gradient estimates
+    -grad ELBO.
 
-    ``control_variate=False`` removes the score-function estimator's baseline (for comparison).
+    For ``"auto"``, ``stl_weight`` (a traced 0 or 1) picks ``stl`` (1) or ``reparam`` (0) inside
+    one compiled graph. ``control_variate=False`` removes the score-function estimator's
+    baseline (for comparison).
     """
     batch_log_joint = jax.vmap(log_joint)
 
-    def reparam(params, key):
+    def pathwise(params, key, stl_weight):
         u, log_q = family.sample_and_log_prob(key, params, num_samples)
-        elbo = jnp.mean(batch_log_joint(u) - log_q)
-        return -elbo, elbo
-
-    def stl(params, key):
-        u, log_q = family.sample_and_log_prob(key, params, num_samples)
-        log_q_fixed = family.log_prob(jax.lax.stop_gradient(params), u)
         per_draw = batch_log_joint(u)
-        elbo_for_gradient = jnp.mean(per_draw - log_q_fixed)
         elbo = jnp.mean(per_draw - jax.lax.stop_gradient(log_q))
-        return -elbo_for_gradient, jax.lax.stop_gradient(elbo)
+        if stl_weight is None:
+            return -jnp.mean(per_draw - log_q), elbo
+        # STL: log q evaluated with the parameters held fixed, so only the path term remains.
+        log_q_path = family.log_prob(jax.lax.stop_gradient(params), u)
+        log_q_used = stl_weight * log_q_path + (1 - stl_weight) * log_q
+        return -jnp.mean(per_draw - log_q_used), elbo
 
-    def score(params, key):
+    def score(params, key, stl_weight=None):
         u, _ = family.sample_and_log_prob(key, jax.lax.stop_gradient(params), num_samples)
         u = jax.lax.stop_gradient(u)
         log_q = family.log_prob(params, u)
@@ -61,9 +62,11 @@ def surrogate_loss(estimator: str, log_joint: Callable, family, num_samples: int
         return -surrogate, jnp.mean(f)
 
     if estimator == "reparam":
-        return reparam
+        return lambda params, key, stl_weight=None: pathwise(params, key, None)
     if estimator == "stl":
-        return stl
+        return lambda params, key, stl_weight=None: pathwise(params, key, 1.0)
+    if estimator == "auto":
+        return lambda params, key, stl_weight: pathwise(params, key, stl_weight)
     if estimator == "score":
         return score
     from elbox.errors import SettingsError
@@ -132,30 +135,36 @@ class ElboReport(NamedTuple):
     kl_method: str | None
 
 
-def evaluate_elbo(key, model, family, params, num_samples: int = 4096, batch: int = 512) -> ElboReport:
-    """The ELBO of q = family(params) from ``num_samples`` draws per estimate."""
-    key_elbo, key_a, key_b = jax.random.split(key, 3)
-    log_joint, log_q = _draws(key_elbo, family, params, num_samples, batch, model.flat_log_joint)
-    elbo = mean_and_stderr(log_joint - log_q)
+def evaluate_elbo(key, model, family, params, num_samples: int = 4096, keep_draws: bool = False):
+    """The ELBO of q = family(params), each estimate from its own ``num_samples`` draws.
 
+    Returns the :class:`ElboReport`; with ``keep_draws`` also the constrained draws behind the
+    headline estimate (a dict of arrays with leading axis ``num_samples``).
+    """
+    key_elbo, key_a, key_b = jax.random.split(key, 3)
+    draws = DrawTerms(model, family, num_samples)
+    first = draws(key_elbo, params)
+    elbo = mean_and_stderr(first["log_joint"] - first["log_q"])
+
+    second = draws(key_a, params)
     closed_entropy = family.entropy(params)
     if closed_entropy is not None:
         entropy = Estimate(float(closed_entropy), 0.0)
-        log_joint_a, _ = _draws(key_a, family, params, num_samples, batch, model.flat_log_joint)
-        expected_log_joint = mean_and_stderr(log_joint_a)
+        expected_log_joint = mean_and_stderr(second["log_joint"])
         form_a = Estimate(expected_log_joint.value + entropy.value, expected_log_joint.stderr)
     else:
-        log_joint_a, log_q_a = _draws(key_a, family, params, num_samples, batch, model.flat_log_joint)
-        entropy = mean_and_stderr(-log_q_a)
-        form_a = mean_and_stderr(log_joint_a - log_q_a)
+        entropy = mean_and_stderr(-second["log_q"])
+        form_a = mean_and_stderr(second["log_joint"] - second["log_q"])
 
-    if not model.has_split:
-        return ElboReport(elbo, form_a, None, None, None, entropy, None)
-    form_b, expected_ll, kl, kl_method = loglik_minus_kl(key_b, model, family, params, num_samples, batch)
-    return ElboReport(elbo, form_a, form_b, expected_ll, kl, entropy, kl_method)
+    if model.has_split:
+        form_b, expected_ll, kl, kl_method = loglik_minus_kl(key_b, model, family, params, draws=draws)
+        report = ElboReport(elbo, form_a, form_b, expected_ll, kl, entropy, kl_method)
+    else:
+        report = ElboReport(elbo, form_a, None, None, None, entropy, None)
+    return (report, first["constrained"]) if keep_draws else report
 
 
-def loglik_minus_kl(key, model, family, params, num_samples: int = 4096, batch: int = 512):
+def loglik_minus_kl(key, model, family, params, num_samples: int = 4096, draws: "DrawTerms | None" = None):
     """Form (b) of the ELBO, E_q[log p(x | u)] - KL(q(u) || p(u)), with its parts.
 
     KL is in closed form when q and the prior on u are both Gaussian, by Monte Carlo otherwise.
@@ -168,9 +177,8 @@ def loglik_minus_kl(key, model, family, params, num_samples: int = 4096, batch: 
     """
     if not model.has_split:
         model.log_prior(model.init_position)  # raises NoPriorLikelihoodSplit with the remedy
-    pairs, log_q = _draws(key, family, params, num_samples, batch,
-                          lambda u: jnp.stack([model.flat_log_likelihood(u), model.flat_log_prior(u)]))
-    log_lik, log_prior = pairs[:, 0], pairs[:, 1]
+    terms = (draws or DrawTerms(model, family, num_samples))(key, params)
+    log_lik, log_prior, log_q = terms["log_likelihood"], terms["log_prior"], terms["log_q"]
     expected_ll = mean_and_stderr(log_lik)
     gaussian = family.gaussian(params)
     if gaussian is not None and model.gaussian_prior is not None:
@@ -180,17 +188,44 @@ def loglik_minus_kl(key, model, family, params, num_samples: int = 4096, batch: 
     return mean_and_stderr(log_lik - (log_q - log_prior)), expected_ll, kl, "monte carlo"
 
 
-def _draws(key, family, params, num_samples, batch, fn):
-    """fn(u) and log q(u) for ``num_samples`` draws, computed in batches to bound memory."""
+class DrawTerms:
+    """Per-draw log densities for ``num_samples`` draws u ~ q: log q(u), log p(x, u) and, when
+    the model has them, log p(x | u) and log p(u); plus the constrained parameters.
 
-    @jax.jit
-    def one_batch(key):
-        u, log_q = family.sample_and_log_prob(key, params, batch)
-        return jax.vmap(fn)(u), log_q
+    One compiled function serves every call (the parameters are an argument), evaluated in
+    batches of at most ``batch`` draws to bound memory.
+    """
 
-    values, log_qs = [], []
-    for i in range(-(-num_samples // batch)):
-        v, lq = one_batch(jax.random.fold_in(key, i))
-        values.append(np.asarray(v, np.float64))
-        log_qs.append(np.asarray(lq, np.float64))
-    return np.concatenate(values)[:num_samples], np.concatenate(log_qs)[:num_samples]
+    def __init__(self, model, family, num_samples: int, batch: int = 4096):
+        self.num_samples = num_samples
+        self.batch = min(batch, num_samples)
+
+        def one_draw(u):
+            out = {"constrained": model.constrain(model.unravel(u))}
+            if model.has_split:
+                out["log_likelihood"] = model.flat_log_likelihood(u)
+                out["log_prior"] = model.flat_log_prior(u)
+                out["log_joint"] = out["log_likelihood"] + out["log_prior"]
+            else:
+                out["log_joint"] = model.flat_log_joint(u)
+            return out
+
+        @jax.jit
+        def one_batch(key, params):
+            u, log_q = family.sample_and_log_prob(key, params, self.batch)
+            out = jax.vmap(one_draw)(u)
+            out["log_q"] = log_q
+            return out
+
+        self._one_batch = one_batch
+
+    def __call__(self, key, params) -> dict:
+        chunks = [
+            jax.tree_util.tree_map(np.asarray, self._one_batch(jax.random.fold_in(key, i), params))
+            for i in range(-(-self.num_samples // self.batch))
+        ]
+        joined = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs)[: self.num_samples], *chunks)
+        for name in ("log_q", "log_joint", "log_likelihood", "log_prior"):
+            if name in joined:
+                joined[name] = joined[name].astype(np.float64)
+        return joined

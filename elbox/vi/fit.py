@@ -37,7 +37,6 @@ def fit(
     estimator: str | None = None,
     stop_when_flat: bool = True,
     eval_samples: int = 4096,
-    draws: int = 4000,
     init: dict[str, Any] | None = None,
     family_options: dict | None = None,
     progress: bool | Callable[[str, int, int], None] = True,
@@ -63,8 +62,8 @@ def fit(
             two standard errors for three windows in a row, the step size is halved, and after
             ten halvings (1/1024 of the initial step size) fitting stops. ``False`` runs all
             ``steps`` at the initial step size.
-        eval_samples: draws for the final ELBO estimates and their standard errors.
-        draws: draws from q returned as ArviZ ``InferenceData``.
+        eval_samples: draws for each final ELBO estimate and its standard error; the draws of
+            the headline estimate are returned as ArviZ ``InferenceData``.
         init: constrained starting values for q's location (default: a uniform draw in
             [-2, 2] on the unconstrained space, as for MCMC).
         family_options: passed to the family (e.g. ``flow_layers``, ``nn_width`` for ``flow``).
@@ -82,12 +81,11 @@ def fit(
         raise SettingsError(f"Unknown method {method!r}; choose one of {', '.join(FAMILIES)} (or cavi).")
     if estimator is None:
         estimator = "reparam" if method == "flow" else "auto"
-    if estimator not in ESTIMATORS + ("auto",):
-        raise SettingsError(f"Unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)} or auto.")
+    if estimator not in ESTIMATORS:
+        raise SettingsError(f"Unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}.")
     _check_count("steps", steps, minimum=1)
     _check_count("num_samples", num_samples, minimum=1)
     _check_count("eval_samples", eval_samples, minimum=2)
-    _check_count("draws", draws, minimum=1)
     if estimator == "score" and num_samples < 2:
         raise SettingsError("The score-function estimator needs num_samples >= 2 for its control variate.")
     if optimizer is None:
@@ -95,26 +93,16 @@ def fit(
             raise SettingsError(f"learning_rate must be a positive number, got {learning_rate}.")
         optimizer = optax.adam(learning_rate)
 
-    key_init, key_family, key_fit, key_eval, key_draws = jax.random.split(key, 5)
+    key_init, key_family, key_fit, key_eval = jax.random.split(key, 4)
     loc, _ = initial_positions(model, key_init, 1, init)
     family = make_family(method, model.dimension, key_family, **(family_options or {}))
     params = family.init(loc[0])
     opt_state = optimizer.init(params)
-    if estimator == "auto":
-        early = surrogate_loss("reparam", model.flat_log_joint, family, num_samples)
-        late = surrogate_loss("stl", model.flat_log_joint, family, num_samples)
-
-        def loss_fn(params, key, annealing):
-            return jax.lax.cond(annealing, late, early, params, key)
-    else:
-        fixed = surrogate_loss(estimator, model.flat_log_joint, family, num_samples)
-
-        def loss_fn(params, key, annealing):
-            return fixed(params, key)
+    loss_fn = surrogate_loss(estimator, model.flat_log_joint, family, num_samples)
 
     def step(carry, step_key, t, phase):
         params, opt_state = carry
-        (_, elbo), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, step_key, phase["annealing"])
+        (_, elbo), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, step_key, phase["stl_weight"])
         updates, opt_state = optimizer.update(grads, opt_state, params)
         updates = jax.tree_util.tree_map(lambda u: phase["learning_rate_scale"] * u, updates)
         return (optax.apply_updates(params, updates), opt_state), elbo
@@ -131,7 +119,7 @@ def fit(
             length = min(window, steps - index * window)
             run = loop.run(carry, jax.random.fold_in(key_fit, index), length,
                            {"learning_rate_scale": jnp.asarray(schedule.scale(), loc.dtype),
-                            "annealing": jnp.bool_(schedule.annealing)})
+                            "stl_weight": jnp.asarray(float(schedule.annealing), loc.dtype)})
             carry, seconds_fitting = run.carry, seconds_fitting + run.seconds
             windows.append(np.asarray(run.outputs, dtype=np.float64))
             _check_finite(windows, window, learning_rate, method, model.name)
@@ -141,11 +129,11 @@ def fit(
     params, _ = carry
     trace = np.concatenate(windows)
 
-    report = evaluate_elbo(key_eval, model, family, params, num_samples=eval_samples)
+    report, constrained = evaluate_elbo(key_eval, model, family, params, num_samples=eval_samples, keep_draws=True)
     seconds = {"compile": loop.compile_seconds, "fitting": seconds_fitting}
     results = FitResults.build(
         model=model, method=method, estimator=estimator, family=family, params=params,
-        report=report, trace=trace, steps=steps, key=key_draws, draws=draws, seconds=seconds,
+        report=report, trace=trace, steps=steps, constrained_draws=constrained, seconds=seconds,
         stopped_early=trace.size < steps,
     )
     results.seconds["total"] = time.perf_counter() - tic_total

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
 import numpy as np
 
 from elbox.model import Model
@@ -41,17 +40,12 @@ class FitResults:
     seconds: dict[str, float]
 
     @classmethod
-    def build(cls, *, model, family, params, key, draws, **kwargs):
+    def build(cls, *, constrained_draws: dict, **kwargs):
+        """Wrap the constrained draws from q (leading axis: draws) as one ArviZ chain."""
         import arviz as az
 
-        @jax.jit
-        def constrained_draws(key):
-            u, _ = family.sample_and_log_prob(key, params, draws)
-            return jax.vmap(lambda f: model.constrain(model.unravel(f)))(u)
-
-        posterior = {k: np.asarray(v)[None] for k, v in constrained_draws(key).items()}
-        return cls(model=model, family=family, params=params,
-                   inference_data=az.from_dict(posterior=posterior), **kwargs)
+        posterior = {k: np.asarray(v)[None] for k, v in constrained_draws.items()}
+        return cls(inference_data=az.from_dict(posterior=posterior), **kwargs)
 
     @property
     def elbo(self) -> Estimate:
