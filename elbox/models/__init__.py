@@ -6,6 +6,6 @@
 from elbox.models._registry import describe, get, load_data, names, register, resolve, summary
 
 # Importing the modules registers their models, in this order.
-from elbox.models import conjugate, classic, posteriordb, logistic  # noqa: E402,F401
+from elbox.models import conjugate, classic, posteriordb, logistic, mixture  # noqa: E402,F401
 
 __all__ = ["describe", "get", "load_data", "names", "register", "resolve", "summary"]

@@ -6,6 +6,7 @@ densities that the samplers see, so that agreement between the two is a real che
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
@@ -135,3 +136,49 @@ def beta_binomial() -> Model:
     return Model.from_numpyro(
         beta_binomial_numpyro, *args, name="beta_binomial", known=beta_binomial_exact(*args)
     )
+
+
+# -- normal with unknown mean and precision (normal-gamma) ---------------------------------------
+NORMAL_GAMMA_PRIOR = {"mu0": 0.0, "lambda0": 0.01, "a0": 2.0, "b0": 2.0}
+
+
+def normal_gamma_numpyro(y, mu0, lambda0, a0, b0):
+    """tau ~ Gamma(a0, rate b0); mu | tau ~ N(mu0, 1/(lambda0 tau)); y_i ~ N(mu, 1/tau)."""
+    tau = numpyro.sample("tau", dist.Gamma(a0, b0))
+    mu = numpyro.sample("mu", dist.Normal(mu0, 1.0 / jnp.sqrt(lambda0 * tau)))
+    with numpyro.plate("data", len(y)):
+        numpyro.sample("y", dist.Normal(mu, 1.0 / jnp.sqrt(tau)), obs=y)
+
+
+def normal_gamma_exact(y, mu0, lambda0, a0, b0) -> Known:
+    """Posterior tau | y ~ Gamma(a_n, b_n), mu | y ~ Student-t(2 a_n, mu_n, b_n / (a_n lambda_n)):
+    lambda_n = lambda0 + n, mu_n = (lambda0 mu0 + n ybar) / lambda_n, a_n = a0 + n/2,
+    b_n = b0 + 1/2 sum (y_i - ybar)^2 + lambda0 n (ybar - mu0)^2 / (2 lambda_n);
+    log p(y) = lgamma(a_n) - lgamma(a0) + a0 log b0 - a_n log b_n + 1/2 log(lambda0/lambda_n) - n/2 log 2 pi."""
+    from elbox.vi.cavi import normal_gamma_log_evidence
+
+    y = np.asarray(y, dtype=np.float64)
+    n, ybar = y.size, y.mean()
+    lambda_n = lambda0 + n
+    mu_n = (lambda0 * mu0 + n * ybar) / lambda_n
+    a_n = a0 + n / 2
+    b_n = b0 + 0.5 * np.sum((y - ybar) ** 2) + lambda0 * n * (ybar - mu0) ** 2 / (2 * lambda_n)
+    return Known(
+        posterior_mean={"mu": float(mu_n), "tau": float(a_n / b_n)},
+        posterior_sd={"mu": float(np.sqrt(b_n / (lambda_n * (a_n - 1)))), "tau": float(np.sqrt(a_n) / b_n)},
+        moments="exact",
+        log_evidence=normal_gamma_log_evidence(y, mu0, lambda0, a0, b0),
+        source="closed form (conjugate normal-gamma prior)",
+    )
+
+
+def normal_gamma_data():
+    y = np.asarray(load_data("normal_normal.json")["y"], dtype=float)
+    p = NORMAL_GAMMA_PRIOR
+    return y, p["mu0"], p["lambda0"], p["a0"], p["b0"]
+
+
+@register("normal_gamma", "mean and precision of 20 normal draws; normal-gamma prior (the data of normal_normal)")
+def normal_gamma() -> Model:
+    args = normal_gamma_data()
+    return Model.from_numpyro(normal_gamma_numpyro, *args, name="normal_gamma", known=normal_gamma_exact(*args))

@@ -74,9 +74,14 @@ def fit_text(results, model_label: str) -> str:
     """What ``elbox fit`` prints: the bound both ways, the evidence, the gap and q's summary."""
     report = results.report
     evidence, gap = results.log_evidence, results.gap
+    if results.method == "cavi":
+        header = f"{model_label}: CAVI, {results.trace.size} coordinate-ascent sweeps" + (
+            " (converged)" if results.stopped_early else " (iteration limit reached)")
+    else:
+        header = f"{model_label}: {results.method} q, {results.trace.size} steps" + (
+            " (stopped: the smoothed ELBO stopped rising)" if results.stopped_early else "")
     lines = [
-        f"{model_label}: {results.method} q, {results.trace.size} steps"
-        + (" (stopped: the smoothed ELBO stopped rising)" if results.stopped_early else ""),
+        header,
         "",
         f"ELBO                              {_pm(report.elbo)}",
         f"  (a) E_q[log p(x,z)] + H[q]      {_pm(report.joint_minus_entropy)}",

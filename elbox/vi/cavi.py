@@ -58,9 +58,11 @@ __all__ = [
     "NormalGammaResult",
     "cavi_gaussian_mixture",
     "gaussian_mixture_elbo",
+    "gaussian_mixture_elbo_parts",
     "cavi_normal_normal",
     "cavi_normal_gamma",
     "normal_gamma_elbo",
+    "normal_gamma_elbo_parts",
     "normal_gamma_log_evidence",
     "log_evidence_gaussian_mixture_by_enumeration",
     "simulate_gaussian_mixture",
@@ -141,6 +143,14 @@ def gaussian_mixture_elbo(x, m, s2, phi, prior_sd):
     and ELBO = E[log p(mu)] + E[log p(c)] + E[log p(x|c,mu)] - E[log q(mu)] - E[log q(c)]
     (Blei et al. 2017, eq. 21, with every constant kept).
     """
+    expected_log_likelihood, kl_to_prior = gaussian_mixture_elbo_parts(x, m, s2, phi, prior_sd)
+    return expected_log_likelihood - kl_to_prior
+
+
+def gaussian_mixture_elbo_parts(x, m, s2, phi, prior_sd):
+    """The mixture's ELBO split as form (b): (E[log p(x | c, mu)], KL(q(c, mu) || p(c, mu))),
+    the KL being -(E[log p(mu)] + E[log p(c)] - E[log q(mu)] - E[log q(c)]) from the five terms
+    of :func:`gaussian_mixture_elbo`."""
     n, d = x.shape
     K = m.shape[0]
     sigma2 = jnp.asarray(prior_sd, x.dtype) ** 2
@@ -151,7 +161,7 @@ def gaussian_mixture_elbo(x, m, s2, phi, prior_sd):
     log_p_x = jnp.sum(phi * (-0.5 * d * LOG_2PI - 0.5 * sq))
     entropy_mu = jnp.sum(0.5 * d * (jnp.log(2 * jnp.pi * s2) + 1))
     entropy_c = -jnp.sum(jnp.where(phi > 0, phi * jnp.log(jnp.where(phi > 0, phi, 1)), 0))
-    return log_p_mu + log_p_c + log_p_x + entropy_mu + entropy_c
+    return log_p_x, -(log_p_mu + log_p_c + entropy_mu + entropy_c)
 
 
 def _kmeanspp_means(key, x, num_components):
@@ -373,6 +383,12 @@ def normal_gamma_elbo(y, mu0, lambda0, a0, b0, mu_n, lambda_n, a_n, b_n):
         H[q(mu)]           = 1/2 log(2 pi e / lambda_n)
         H[q(tau)]          = a_n - log b_n + lgamma(a_n) + (1 - a_n) psi(a_n).
     """
+    expected_log_likelihood, kl_to_prior = normal_gamma_elbo_parts(y, mu0, lambda0, a0, b0, mu_n, lambda_n, a_n, b_n)
+    return expected_log_likelihood - kl_to_prior
+
+
+def normal_gamma_elbo_parts(y, mu0, lambda0, a0, b0, mu_n, lambda_n, a_n, b_n):
+    """Form (b) of :func:`normal_gamma_elbo`: (E[log p(y | mu, tau)], KL(q(mu, tau) || p(mu, tau)))."""
     n = y.shape[0]
     e_tau = a_n / b_n
     e_log_tau = digamma(a_n) - jnp.log(b_n)
@@ -383,7 +399,7 @@ def normal_gamma_elbo(y, mu0, lambda0, a0, b0, mu_n, lambda_n, a_n, b_n):
     e_log_p_tau = a0 * jnp.log(b0) - gammaln(a0) + (a0 - 1) * e_log_tau - b0 * e_tau
     h_mu = 0.5 * (LOG_2PI + 1 - jnp.log(lambda_n))
     h_tau = a_n - jnp.log(b_n) + gammaln(a_n) + (1 - a_n) * digamma(a_n)
-    return e_loglik + e_log_p_mu + e_log_p_tau + h_mu + h_tau
+    return e_loglik, -(e_log_p_mu + e_log_p_tau + h_mu + h_tau)
 
 
 def normal_gamma_log_evidence(y, mu0, lambda0, a0, b0) -> float:
