@@ -63,8 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="variational family, or cavi for coordinate ascent (default: meanfield)")
     fit.add_argument("--steps", type=_count(1), default=10_000, help="largest number of optimisation steps (default: 10000)")
     fit.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    fit.add_argument("--learning-rate", type=_positive_float, default=0.01, help="Adam's step size (default: 0.01)")
-    fit.add_argument("--samples", type=_count(1), default=1, help="draws from q per gradient step (default: 1)")
+    fit.add_argument("--learning-rate", type=_positive_float, default=None,
+                     help="Adam's step size (default: 0.01, 0.003 for flow)")
+    fit.add_argument("--samples", type=_count(1), default=None,
+                     help="draws from q per gradient step (default: 1, 8 for flow)")
     fit.add_argument("--estimator", default=None, choices=["auto", "reparam", "stl", "score"],
                      help="ELBO gradient estimator (default: auto for meanfield/fullrank, reparam for flow)")
     fit.add_argument("--no-stop", action="store_true", help="run all steps: no stopping rule, constant step size")
