@@ -19,6 +19,7 @@ from elbox.mcmc import adaptation, metropolis
 from elbox.loop import ChunkedLoop, choose_chunk_size
 from elbox.model import Model
 from elbox.models import resolve
+from elbox.precision import full_precision
 from elbox.progress import ProgressBar
 from elbox.results import SamplingResults
 
@@ -27,6 +28,7 @@ INIT_RADIUS = 2.0
 INIT_ATTEMPTS = 100
 
 
+@full_precision
 def sample(
     model: Any,
     key: jax.Array,

@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from elbox.precision import full_precision
+
 ESTIMATORS = ("auto", "reparam", "stl", "score")
 
 
@@ -135,6 +137,7 @@ class ElboReport(NamedTuple):
     kl_method: str | None
 
 
+@full_precision
 def evaluate_elbo(key, model, family, params, num_samples: int = 4096, keep_draws: bool = False):
     """The ELBO of q = family(params), each estimate from its own ``num_samples`` draws.
 

@@ -16,6 +16,7 @@ import optax
 from elbox.errors import FittingError, SettingsError
 from elbox.loop import ChunkedLoop
 from elbox.models import resolve
+from elbox.precision import full_precision
 from elbox.progress import ProgressBar
 from elbox.vi.elbo import ESTIMATORS, evaluate_elbo, surrogate_loss
 from elbox.vi.families import FAMILIES, make_family
@@ -25,6 +26,7 @@ from elbox.vi.results import FitResults
 MIN_WINDOW = 100
 
 
+@full_precision
 def fit(
     model: Any,
     key: jax.Array,
