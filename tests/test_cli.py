@@ -142,3 +142,40 @@ def test_tour_runs_and_fills_its_folder(tmp_path):
     assert rows[-1]["ks_distance"] < rows[0]["ks_distance"]
     for name in ["mh_conjugate_histograms.png", "mh_eight_schools_trace.png", "mh_conjugate.md"]:
         assert (out / name).stat().st_size > 0
+
+
+FIT_FIELDS = {
+    "model", "method", "steps", "seed", "elbo", "elbo_forms", "log_evidence", "gap", "seconds", "parameters",
+}
+
+
+@pytest.mark.parametrize("method", ["meanfield", "cavi"])
+def test_fit_writes_json_with_the_gap(tmp_path, capsys, method):
+    path = tmp_path / "fit.json"
+    code = main(["fit", "normal_gamma", "--method", method, "--steps", "3000", "--json", str(path),
+                 "--out", str(tmp_path / "fit"), "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "E_q[log p(x|z)] - KL(q||p)" in printed and "gap" in printed
+    result = json.loads(path.read_text())
+    assert set(result) == FIT_FIELDS
+    assert set(result["elbo"]) == {"value", "stderr"}
+    assert set(result["elbo_forms"]) == {"joint_minus_entropy", "loglik_minus_kl"}
+    assert result["log_evidence"]["method"] == "exact"
+    evidence = elbox.models.get("normal_gamma").known.log_evidence
+    assert result["log_evidence"]["value"] == pytest.approx(evidence)
+    assert result["gap"] == pytest.approx(evidence - result["elbo"]["value"])
+    assert set(result["parameters"]) == {"mu", "tau"}
+    assert set(result["parameters"]["tau"]) == {"mean", "sd"}
+    assert {"compile", "fitting", "total"} <= set(result["seconds"])
+    assert (tmp_path / "fit" / "elbo_trace.png").stat().st_size > 0
+
+
+def test_fit_unknown_evidence_says_unknown(capsys):
+    assert main(["fit", "eight_schools", "--steps", "500", "--no-progress"]) == 0
+    assert "unknown" in capsys.readouterr().out
+
+
+def test_cavi_on_a_model_without_updates_is_a_clear_error(capsys):
+    assert main(["fit", "eight_schools", "--method", "cavi"]) == 2
+    assert "CAVI needs closed-form coordinate updates" in capsys.readouterr().err
