@@ -248,10 +248,21 @@ class Model:
         """
         from numpyro.distributions import transforms
 
+        bijections = {}
         for site, d in prior.items():
             if d.support.is_discrete:
                 raise ModelError(f"Site {site}: discrete priors cannot be sampled on a real space.")
-        bijections = {k: transforms.biject_to(d.support) for k, d in prior.items()}
+            try:
+                bijections[site] = transforms.biject_to(d.support)
+            except NotImplementedError:
+                raise ModelError(
+                    f"Site {site}: NumPyro has no map from the real line to the support "
+                    f"{d.support} of its {type(d).__name__} prior. Write the parameter as a "
+                    "transform of unconstrained ones (for a sphere, normalise a normal vector)."
+                ) from None
+        prior_is_proper = not any(
+            type(_base_distribution(d)).__name__ == "ImproperUniform" for d in prior.values()
+        )
         init = {
             k: jnp.zeros(bijections[k].inverse_shape(d.shape()))
             for k, d in prior.items()
@@ -282,6 +293,7 @@ class Model:
             unconstrain_fn=lambda z: {k: bijections[k].inv(jnp.asarray(z[k])) for k in prior},
             site_log_density_fn=site_terms,
             known=known,
+            prior_is_proper=prior_is_proper,
         )
 
 
@@ -298,13 +310,14 @@ def _identity_constrain(u: Pytree) -> dict[str, jax.Array]:
 def _from_numpyro(model_fn, model_args, model_kwargs, name, known) -> Model:
     from numpyro import handlers
     from numpyro.distributions import transforms
-    from numpyro.infer.initialization import init_to_uniform
     from numpyro.infer.util import _unconstrain_reparam, compute_log_probs, constrain_fn
 
     name = name or getattr(model_fn, "__name__", "model")
     try:
-        seeded = handlers.substitute(handlers.seed(model_fn, rng_seed=0), substitute_fn=init_to_uniform)
+        seeded = handlers.substitute(handlers.seed(model_fn, rng_seed=0), substitute_fn=_init_site)
         discovery = handlers.trace(seeded).get_trace(*model_args, **model_kwargs)
+    except ModelError:
+        raise
     except Exception as err:  # the user's model code failed: show their error, not ours
         raise ModelError(f"Model '{name}' failed when run once to find its sites: {type(err).__name__}: {err}") from err
 
@@ -409,6 +422,20 @@ def _fixed_gaussian_prior(trace_at, init: dict):
     if not (np.allclose(m1, m2) and np.allclose(v1, v2)):
         return None
     return np.asarray(m1), np.asarray(v1)
+
+
+def _init_site(site):
+    """NumPyro's uniform initialisation, with a named error for supports that have no bijection."""
+    from numpyro.infer.initialization import init_to_uniform
+
+    try:
+        return init_to_uniform(site)
+    except NotImplementedError as err:
+        raise ModelError(
+            f"Site {site['name']}: NumPyro has no map from the real line to its support "
+            f"{site['fn'].support}, so it cannot be sampled on an unconstrained space. Write the "
+            "parameter as a transform of unconstrained ones (or use a NumPyro reparameterisation)."
+        ) from err
 
 
 def _is_factor(fn) -> bool:
