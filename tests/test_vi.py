@@ -49,7 +49,7 @@ def test_meanfield_gap_is_the_kl_to_the_exact_posterior():
     assert abs(gap.value - kl) < Z * gap.stderr, (gap, kl)
 
 
-KNOWN_EVIDENCE = ["normal_normal", "linear_regression", "beta_binomial", "funnel", "gaussian_100d"]
+KNOWN_EVIDENCE = ["normal_normal", "linear_regression", "beta_binomial", "normal_gamma", "funnel", "gaussian_100d"]
 
 
 @pytest.mark.parametrize("method", ["meanfield", "fullrank"])

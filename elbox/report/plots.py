@@ -37,27 +37,35 @@ def save_sampling_outputs(results: SamplingResults, folder: Path) -> list[Path]:
 
 
 def elbo_trace_plot(results, path: Path) -> Path:
-    """The per-step ELBO estimates, their running mean, and log p(x) as a line above when known."""
+    """Left: the per-step ELBO estimates and their running mean, with log p(x) as a line above
+    when known. Right: the second half of the run, zoomed, with the final ELBO ± 2 stderr."""
     import numpy as np
 
     trace = results.trace
-    figure, ax = plt.subplots(figsize=(7, 4))
     steps = np.arange(1, trace.size + 1)
-    ax.plot(steps, trace, color="tab:blue", alpha=0.25, lw=0.6, label="ELBO estimate per step")
     width = max(1, trace.size // 50)
     smooth = np.convolve(trace, np.ones(width) / width, mode="valid")
-    ax.plot(steps[width - 1:], smooth, color="tab:blue", lw=1.5, label=f"running mean ({width} steps)")
-    final = results.elbo.value
-    if results.log_evidence is not None:
-        ax.axhline(results.log_evidence.value, color="black", lw=1.2, label="log p(x) (exact)")
-    ax.axhline(final, color="tab:orange", lw=1, ls="--", label=f"final ELBO {final:.3f}")
-    low = np.quantile(trace, 0.05)
-    top = results.log_evidence.value if results.log_evidence is not None else trace.max()
-    ax.set_ylim(low - 0.1 * abs(top - low), top + 0.15 * abs(top - low) + 1e-3)
-    ax.set_xlabel("step")
-    ax.set_ylabel("nats")
-    ax.set_title(f"{results.model.name}: {results.method} ELBO")
-    ax.legend(fontsize=8, loc="lower right")
+    evidence = results.log_evidence
+    final = results.elbo
+    figure, (full, zoom) = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, start in ((full, 0), (zoom, trace.size // 2)):
+        ax.plot(steps[start:], trace[start:], color="tab:blue", alpha=0.25, lw=0.6, label="ELBO estimate per step")
+        keep = steps[width - 1:] > start
+        ax.plot(steps[width - 1:][keep], smooth[keep], color="tab:blue", lw=1.5, label=f"running mean ({width} steps)")
+        if evidence is not None:
+            ax.axhline(evidence.value, color="black", lw=1.2, label=f"log p(x) = {evidence.value:.3f} (exact)")
+        ax.axhline(final.value, color="tab:orange", lw=1, ls="--", label=f"final ELBO {final.value:.3f} ± {final.stderr:.3f}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("nats")
+    top = evidence.value if evidence is not None else float(np.max(smooth))
+    low = float(np.quantile(trace, 0.05))
+    full.set_ylim(low - 0.1 * abs(top - low), top + 0.15 * abs(top - low) + 1e-3)
+    tail = smooth[len(smooth) // 2:] if len(smooth) > 1 else trace
+    spread = max(float(np.ptp(tail)), 4 * final.stderr, 1e-3)
+    zoom.set_ylim(min(tail.min(), final.value) - 0.5 * spread, max(top, final.value) + 0.5 * spread)
+    full.set_title(f"{results.model.name}: {results.method} ELBO")
+    zoom.set_title("second half, zoomed")
+    zoom.legend(fontsize=8, loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -67,7 +75,6 @@ def elbo_trace_plot(results, path: Path) -> Path:
 def marginals_plot(fits: list, mcmc, path: Path, max_parameters: int = 6) -> Path:
     """Each fitted q's marginal densities over a histogram of MCMC draws, per parameter."""
     import numpy as np
-    from scipy import stats
 
     posterior = mcmc.posterior
     labels = []
@@ -83,12 +90,11 @@ def marginals_plot(fits: list, mcmc, path: Path, max_parameters: int = 6) -> Pat
         reference = mcmc.posterior[name].values.reshape(-1, *mcmc.posterior[name].shape[2:])
         reference = reference.reshape(reference.shape[0], -1)[:, j]
         low, high = np.quantile(reference, [0.002, 0.998])
-        grid = np.linspace(low, high, 200)
         ax.hist(reference, bins=50, range=(low, high), density=True, color="0.75", label=f"MCMC ({mcmc.method})")
         for fit in fits:
             draws = fit.posterior[name].values.reshape(-1, *fit.posterior[name].shape[2:])
             draws = draws.reshape(draws.shape[0], -1)[:, j]
-            ax.plot(grid, stats.gaussian_kde(draws)(grid), lw=1.5, label=f"q: {fit.method}")
+            ax.hist(draws, bins=50, range=(low, high), density=True, histtype="step", lw=1.5, label=f"q: {fit.method}")
         ax.set_title(label)
     for ax in axes.ravel()[len(labels):]:
         ax.axis("off")
