@@ -172,8 +172,8 @@ def initial_positions(
     Raises:
         InitializationError: naming the sites whose log density is not finite.
     """
-    batch_log_density = jax.jit(jax.vmap(model.flat_log_joint))
     if init is not None:
+        batch_log_density = jax.jit(jax.vmap(model.flat_log_joint))
         try:
             u = model.unconstrain(init)
         except KeyError as err:
@@ -183,14 +183,22 @@ def initial_positions(
         positions = jnp.broadcast_to(flat, (chains, flat.size))
         return positions, batch_log_density(positions)
 
-    center = model.ravel(model.init_position)
-    positions = None
-    for attempt in range(INIT_ATTEMPTS):
+    center = np.asarray(model.ravel(model.init_position))
+
+    @jax.jit
+    def attempt(key, attempt_index, positions, finite):
+        """Redraw the chains that are not finite yet; one compiled program for every attempt."""
+        # Drawn flat and reshaped: the same numbers, a much faster compilation.
         draw = center + jax.random.uniform(
-            jax.random.fold_in(key, attempt), (chains, center.size), center.dtype, -INIT_RADIUS, INIT_RADIUS
-        )
-        positions = draw if positions is None else jnp.where(finite[:, None], positions, draw)
-        log_densities = batch_log_density(positions)
+            jax.random.fold_in(key, attempt_index), (chains * center.size,), center.dtype, -INIT_RADIUS, INIT_RADIUS
+        ).reshape(chains, center.size)
+        positions = jnp.where(finite[:, None], positions, draw)
+        return positions, jax.vmap(model.flat_log_joint)(positions)
+
+    positions = np.zeros((chains, center.size), center.dtype)
+    finite = np.zeros(chains, bool)
+    for attempt_index in range(INIT_ATTEMPTS):
+        positions, log_densities = attempt(key, attempt_index, positions, finite)
         finite = np.isfinite(np.asarray(log_densities))
         if finite.all():
             return positions, log_densities

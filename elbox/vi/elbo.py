@@ -150,7 +150,7 @@ def evaluate_elbo(key, model, family, params, num_samples: int = 4096, keep_draw
     elbo = mean_and_stderr(first["log_joint"] - first["log_q"])
 
     second = draws(key_a, params)
-    closed_entropy = family.entropy(params)
+    closed_entropy = draws.entropy(params)
     if closed_entropy is not None:
         entropy = Estimate(float(closed_entropy), 0.0)
         expected_log_joint = mean_and_stderr(second["log_joint"])
@@ -183,7 +183,7 @@ def loglik_minus_kl(key, model, family, params, num_samples: int = 4096, draws: 
     terms = (draws or DrawTerms(model, family, num_samples))(key, params)
     log_lik, log_prior, log_q = terms["log_likelihood"], terms["log_prior"], terms["log_q"]
     expected_ll = mean_and_stderr(log_lik)
-    gaussian = family.gaussian(params)
+    gaussian = (draws or DrawTerms(model, family, num_samples)).gaussian(params)
     if gaussian is not None and model.gaussian_prior is not None:
         kl = Estimate(gaussian_kl(*gaussian, *model.gaussian_prior), 0.0)
         return Estimate(expected_ll.value - kl.value, expected_ll.stderr), expected_ll, kl, "closed form"
@@ -221,6 +221,17 @@ class DrawTerms:
             return out
 
         self._one_batch = one_batch
+        self.family = family
+
+    def entropy(self, params):
+        """H[q] in closed form (compiled once), or None."""
+        value = jax.jit(self.family.entropy)(params)
+        return None if value is None else float(value)
+
+    def gaussian(self, params):
+        """(mean, covariance) of a Gaussian q as NumPy arrays, or None."""
+        moments = jax.jit(self.family.gaussian)(params)
+        return None if moments is None else tuple(np.asarray(m) for m in moments)
 
     def __call__(self, key, params) -> dict:
         chunks = [

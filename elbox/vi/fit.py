@@ -155,7 +155,7 @@ class PlateauThenAnneal:
     The full step size is used until the smoothed ELBO reaches a plateau: the median of the
     last quarter of the trace is not above that of the quarter before it by more than two
     standard errors (a horizon that grows with the run, so slow but steady progress is not
-    mistaken for a plateau), looked for once a tenth of the budget is spent. Then the step
+    mistaken for a plateau), looked for once a fifth of the budget is spent. Then the step
     size falls linearly to 1% over a quarter as many steps again as were taken, and fitting
     stops. Without a plateau, the anneal takes the last fifth of the budget. With
     ``enabled=False`` the step size stays at its initial value.
@@ -186,7 +186,7 @@ class PlateauThenAnneal:
         if not self.enabled:
             return False
         if self.anneal_start is None:
-            if self.done >= max(4 * self.window, self.steps // 10) and plateaued(trace):
+            if self.done >= max(4 * self.window, self.steps // 5) and plateaued(trace):
                 self._start_anneal(max(2 * self.window, self.done // 4))
             elif self.done >= 0.8 * self.steps:
                 self._start_anneal(self.steps - self.done)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,8 @@ class FitResults:
         trace: the per-step ELBO estimates seen by the optimiser.
         steps: the largest number of steps asked for; ``trace.size`` were run.
         stopped_early: whether the stopping rule ended the fit before ``steps``.
-        inference_data: draws from q as ArviZ ``InferenceData`` (one chain), constrained.
+        constrained_draws: draws from q of the constrained parameters (leading axis: draws);
+            :attr:`inference_data` wraps them for ArviZ on first use.
         seconds: ``{"compile", "fitting", "total"}``.
     """
 
@@ -36,16 +38,19 @@ class FitResults:
     trace: np.ndarray
     steps: int
     stopped_early: bool
-    inference_data: Any
+    constrained_draws: dict
     seconds: dict[str, float]
 
     @classmethod
-    def build(cls, *, constrained_draws: dict, **kwargs):
-        """Wrap the constrained draws from q (leading axis: draws) as one ArviZ chain."""
+    def build(cls, **kwargs):
+        return cls(**kwargs)
+
+    @functools.cached_property
+    def inference_data(self):
+        """Draws from q as ArviZ ``InferenceData``: one chain, the same container as MCMC draws."""
         import arviz as az
 
-        posterior = {k: np.asarray(v)[None] for k, v in constrained_draws.items()}
-        return cls(inference_data=az.from_dict(posterior=posterior), **kwargs)
+        return az.from_dict(posterior={k: np.asarray(v)[None] for k, v in self.constrained_draws.items()})
 
     @property
     def elbo(self) -> Estimate:
