@@ -54,7 +54,8 @@ def fit(
             Default: 0.01 for the Gaussian families, 0.003 for the flow.
         optimizer: any optax ``GradientTransformation`` (default ``optax.adam(learning_rate)``).
         num_samples: draws from q per gradient estimate. Default: 1 for the Gaussian families
-            (their entropy gradient is exact), 8 for the flow (its gradient is noisier).
+            (their entropy gradient is exact), 8 for the flow and for the score-function
+            estimator (their gradients are noisier; the control variate needs several draws).
         estimator: ``"reparam"``, ``"stl"`` (sticking the landing), ``"score"`` (score
             function with a leave-one-out control variate) or ``"auto"``: ``reparam`` while the
             ELBO rises (lowest variance far from the optimum, where the entropy gradient is
@@ -87,7 +88,7 @@ def fit(
     if learning_rate is None:
         learning_rate = 0.003 if flow else 0.01
     if num_samples is None:
-        num_samples = 8 if flow else 1
+        num_samples = 8 if flow or estimator == "score" else 1
     if estimator is None:
         estimator = "reparam" if method == "flow" else "auto"
     if estimator not in ESTIMATORS:
