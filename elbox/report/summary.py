@@ -89,8 +89,10 @@ def fit_text(results, model_label: str) -> str:
     if report.loglik_minus_kl is not None:
         lines.append(f"  (b) E_q[log p(x|z)] - KL(q||p)  {_pm(report.loglik_minus_kl)}"
                      f"   (KL {report.kl_to_prior.value:.4f}, {report.kl_method})")
-    else:
+    elif not results.model.has_split:
         lines.append("  (b) E_q[log p(x|z)] - KL(q||p)  not available: the model has no prior/likelihood split")
+    else:
+        lines.append("  (b) E_q[log p(x|z)] - KL(q||p)  not available: the prior is improper, so KL(q||p) is undefined")
     if evidence is not None:
         lines.append(f"log p(x)                          {evidence.value:.4f}   (exact)")
         lines.append(f"gap = log p(x) - ELBO = KL(q || p(z|x))  {_pm(gap)}")

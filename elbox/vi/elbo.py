@@ -159,7 +159,8 @@ def evaluate_elbo(key, model, family, params, num_samples: int = 4096, keep_draw
         entropy = mean_and_stderr(-second["log_q"])
         form_a = mean_and_stderr(second["log_joint"] - second["log_q"])
 
-    if model.has_split:
+    # With an improper prior, KL(q || p(z)) is not a divergence and form (b) is not defined.
+    if model.has_split and model.prior_is_proper:
         form_b, expected_ll, kl, kl_method = loglik_minus_kl(key_b, model, family, params, draws=draws)
         report = ElboReport(elbo, form_a, form_b, expected_ll, kl, entropy, kl_method)
     else:

@@ -1,0 +1,25 @@
+"""Diffusion models as latent-variable models trained on their evidence lower bound.
+
+x0 is the observation, x1..xT the latents, q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I)
+a fixed noising process, p(x_T) = N(0, I) and p_theta(x_{t-1} | x_t) learned (Sohl-Dickstein et
+al. 2015; Ho, Jain & Abbeel 2020, "DDPM"; Nichol & Dhariwal 2021, "improved DDPM"). The bound on
+-log p(x0), in nats,
+
+    L = L_0 + sum_{t=2..T} L_{t-1} + L_T,
+    L_0     = -E_q[log p_theta(x0 | x1)]                                  reconstruction
+    L_{t-1} =  E_q[KL(q(x_{t-1} | x_t, x0) || p_theta(x_{t-1} | x_t))]    denoising matching
+    L_T     =  KL(q(x_T | x0) || p(x_T))                                  prior matching
+
+Modules:
+
+* ``schedules``: the noise schedules (linear, cosine, from betas), computed in float64 NumPy,
+  as a ``Schedule`` of every per-step coefficient; ``Schedule.cast(dtype)`` for JAX arrays.
+* ``process``: the forward process's closed forms (q(x_t | x0), the posterior
+  q(x_{t-1} | x_t, x0)), the reverse model's mean and variance from a predicted noise, and the
+  KL of diagonal Gaussians.
+* ``decoders``: the reconstruction likelihood log p_theta(x0 | x1): Gaussian for continuous
+  data, discretised Gaussian for data on a grid of bins (8-bit images).
+* ``elbo``: the three terms, the bound over a data set in nats and bits per dimension with
+  standard errors, and the training losses (L_vlb with uniform or importance-sampled t,
+  L_simple, L_hybrid).
+"""
