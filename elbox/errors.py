@@ -26,3 +26,7 @@ class SettingsError(ElboxError):
 
 class FittingError(ElboxError):
     """Optimisation went wrong (a non-finite ELBO): the message names the step and a remedy."""
+
+
+class DataError(ElboxError):
+    """A data set cannot be used (missing file, wrong shape, NaN, values off the declared levels)."""
