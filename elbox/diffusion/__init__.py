@@ -22,4 +22,10 @@ Modules:
 * ``elbo``: the three terms, the bound over a data set in nats and bits per dimension with
   standard errors, and the training losses (L_vlb with uniform or importance-sampled t,
   L_simple, L_hybrid).
+* ``data``: built-in data sets with their exact entropies where known (gmm8, checkerboard,
+  quantised gmm8), two moons, the 8x8 digits, and the user's own arrays.
+* ``networks``: equinox denoisers predicting the noise (an MLP with Fourier time features, a
+  small convolutional net for 8x8 images), optionally with improved DDPM's variance output.
+* ``train``: the optax training loop in compiled chunks, with EMA weights and checkpoints from
+  which an interrupted run resumes to exactly the uninterrupted result.
 """

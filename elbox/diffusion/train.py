@@ -1,0 +1,408 @@
+"""Training a diffusion denoiser on its bound (or on DDPM's L_simple) with optax, in compiled chunks.
+
+One step: draw a minibatch of ``batch_size`` examples uniformly with replacement (on the device,
+from the step's key), average the chosen loss of :mod:`elbox.diffusion.elbo` over it (``jax.vmap``
+over examples, one t and one noise each), take an optax step, update the exponential moving
+average (EMA) of the parameters, and for ``loss="vlb_importance"`` record the drawn terms in the
+importance-sampling history (Nichol & Dhariwal 2021, section 3.3). The steps run in chunks of
+``lax.scan`` (:class:`~elbox.loop.ChunkedLoop`); the host looks in between, for the progress bar,
+non-finite losses and checkpoints.
+
+The key of global step k (0-based, counted over all runs of a resumed training) is
+``fold_in(key, k)``, so the result depends on neither the chunking nor interruptions: a run
+stopped after a checkpoint and resumed with ``resume=True`` ends with exactly the parameters of
+an uninterrupted run with the same key and settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from elbox.diffusion.decoders import Gaussian
+from elbox.diffusion.elbo import (
+    init_importance_history,
+    loss_hybrid,
+    loss_simple,
+    loss_vlb_importance,
+    loss_vlb_uniform,
+    update_importance_history,
+)
+from elbox.diffusion.process import VARIANCES
+from elbox.errors import FittingError, SettingsError
+from elbox.loop import ChunkedLoop, choose_chunk_size
+from elbox.precision import full_precision
+from elbox.progress import ProgressBar
+
+LOSSES = ("vlb_importance", "vlb_uniform", "simple", "hybrid")
+CHECKPOINT_PATTERN = re.compile(r"^step_(\d{9})\.json$")
+CHECKPOINTS_KEPT = 2
+FORMAT_VERSION = 1
+
+
+class TrainState(NamedTuple):
+    """The loop's carry: everything a checkpoint holds besides the key.
+
+    Attributes:
+        params: the network's inexact arrays (``eqx.partition(network, eqx.is_inexact_array)``).
+        ema_params: their exponential moving average.
+        opt_state: the optax state.
+        history: the :class:`~elbox.diffusion.elbo.ImportanceHistory` (``loss="vlb_importance"``),
+            else ``None``.
+        step: steps done (int32).
+    """
+
+    params: Any
+    ema_params: Any
+    opt_state: Any
+    history: Any
+    step: jax.Array
+
+
+class TrainResult(NamedTuple):
+    """What :func:`train` returns.
+
+    Attributes:
+        network: the trained denoiser (the last iterate).
+        ema_network: the same network with the EMA of the parameters (usually the better
+            sampler and bound; evaluate both).
+        loss_trace: the minibatch loss at every step done, shape (steps_done,) (for a resumed
+            run, including the steps before the interruption).
+        steps_done: the number of optimisation steps behind ``network``.
+        seconds: wall-clock seconds of this call (compilation included).
+    """
+
+    network: Any
+    ema_network: Any
+    loss_trace: np.ndarray
+    steps_done: int
+    seconds: float
+
+
+def ema_update(ema_params, params, decay):
+    """The EMA after one step: decay * ema + (1 - decay) * params, leaf by leaf (a pure function;
+    ``None`` leaves, the static parts of a partitioned module, stay ``None``)."""
+    return jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, ema_params, params)
+
+
+def batch_loss(key, params, static, schedule, batch, loss: str, variance: str, decoder, history=None,
+               vlb_weight: float = 0.001):
+    """The chosen loss averaged over a batch (examples along axis 0), one key per example.
+
+    Returns:
+        (mean loss, LossInfo with a leading batch axis).
+    """
+    network = eqx.combine(params, static)
+    num_steps = schedule.num_steps
+
+    def eps_fn(x_t, t):
+        return network(x_t, t, num_steps)
+
+    def one(example_key, x0):
+        if loss == "vlb_importance":
+            return loss_vlb_importance(example_key, schedule, eps_fn, x0, history, variance, decoder)
+        if loss == "vlb_uniform":
+            return loss_vlb_uniform(example_key, schedule, eps_fn, x0, variance, decoder)
+        if loss == "simple":
+            return loss_simple(example_key, schedule, eps_fn, x0)
+        return loss_hybrid(example_key, schedule, eps_fn, x0, variance, decoder, vlb_weight)
+
+    losses, info = jax.vmap(one)(jax.random.split(key, batch.shape[0]), batch)
+    return jnp.mean(losses), info
+
+
+@full_precision
+def train(
+    key: jax.Array,
+    data,
+    *,
+    schedule,
+    network,
+    steps: int,
+    batch_size: int = 512,
+    learning_rate: float | optax.Schedule = 1e-3,
+    optimizer: optax.GradientTransformation | None = None,
+    loss: str = "vlb_importance",
+    variance: str = "beta_tilde",
+    decoder=Gaussian(),
+    ema_decay: float = 0.999,
+    vlb_weight: float = 0.001,
+    checkpoint_every: int | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    chunk_size: int | None = None,
+    progress=True,
+) -> TrainResult:
+    """Train a denoiser ``network(x_t, t, T) -> (eps_hat, v or None)`` on ``data``.
+
+    Args:
+        key: a JAX PRNG key; step k uses ``fold_in(key, k)`` (minibatch, t and noise draws).
+        data: the training examples along axis 0 (an array; each example of the network's input
+            shape, e.g. (dim,), or (64,) for a flattened 8 x 8 image).
+        schedule: a :class:`~elbox.diffusion.schedules.Schedule` (cast to the data's dtype).
+        network: an equinox denoiser (:class:`~elbox.diffusion.networks.MLPDenoiser`,
+            :class:`~elbox.diffusion.networks.ConvDenoiser`); its inexact arrays are trained.
+        steps: the total number of optimisation steps (with ``resume``, counting those done).
+        batch_size: examples per step, drawn uniformly with replacement.
+        learning_rate: Adam's step size (float or optax schedule); ignored with ``optimizer``.
+        optimizer: any optax ``GradientTransformation`` (default ``optax.adam(learning_rate)``).
+        loss: ``"vlb_importance"`` (-ELBO, importance-sampled t), ``"vlb_uniform"`` (-ELBO,
+            uniform t), ``"simple"`` (DDPM's L_simple) or ``"hybrid"`` (L_simple + vlb_weight
+            L_vlb); see :mod:`elbox.diffusion.elbo`.
+        variance: the reverse variance: ``"beta_tilde"``, ``"beta"`` or ``"learned_range"``
+            (needs a network built with ``learn_variance=True``).
+        decoder: the reconstruction likelihood (``Gaussian()`` or ``DiscretizedGaussian()``).
+        ema_decay: the EMA's decay per step.
+        vlb_weight: lambda of ``loss="hybrid"``.
+        checkpoint_every: write a checkpoint every this many steps (and at the end) into
+            ``checkpoint_dir``: the parameters, their EMA, the optimizer state, the importance
+            history, the step, the key and the loss trace (``equinox.tree_serialise_leaves`` to
+            a temporary file, renamed into place), and a JSON file with the step and settings.
+            The last two checkpoints are kept.
+        checkpoint_dir: where checkpoints go (needed by ``checkpoint_every`` and ``resume``).
+        resume: continue from the latest checkpoint in ``checkpoint_dir`` (start afresh when
+            there is none). Its key and settings must match this call's.
+        chunk_size: steps per compiled chunk (default: from ``checkpoint_every`` or ``steps``);
+            it does not change the result.
+        progress: a progress bar (``True``), none, or a callback ``(phase, done, total)``.
+
+    Returns:
+        :class:`TrainResult`.
+
+    Raises:
+        FittingError: the loss became non-finite (the message names the step).
+        SettingsError: an unknown loss or variance, bad counts, or a checkpoint that does not
+            match these settings.
+
+    Example:
+        >>> net = MLPDenoiser(jax.random.key(0), dim=2, width=64, depth=2)
+        >>> result = train(jax.random.key(1), data, schedule=cosine_schedule(100), network=net, steps=2000)
+        >>> bound_estimate(key, schedule, as_eps_fn(result.ema_network, 100), test_data).nats
+    """
+    tic = time.perf_counter()
+    data = jnp.asarray(data)
+    if not jnp.issubdtype(data.dtype, jnp.floating):
+        data = data.astype(jnp.result_type(float))
+    settings = _check_settings(data, network, steps, batch_size, loss, variance, ema_decay,
+                               checkpoint_every, checkpoint_dir, resume, schedule)
+    schedule = schedule.cast(data.dtype)
+    optimizer_given = optimizer is not None
+    if optimizer is None:
+        if not callable(learning_rate) and not (np.isfinite(learning_rate) and learning_rate > 0):
+            raise SettingsError(f"learning_rate must be a positive number, got {learning_rate}.")
+        optimizer = optax.adam(learning_rate)
+
+    params, static = eqx.partition(network, eqx.is_inexact_array)
+    history = init_importance_history(schedule.num_steps, dtype=data.dtype) if loss == "vlb_importance" else None
+    state = TrainState(params, params, optimizer.init(params), history, jnp.zeros((), jnp.int32))
+    trace = np.zeros((0,), np.float32)
+    key_data = np.asarray(jax.random.key_data(key) if _is_typed_key(key) else key)
+
+    if resume:
+        loaded = _load_latest(checkpoint_dir, state, key_data, settings)
+        if loaded is not None:
+            state, trace = loaded
+    start = int(state.step)
+
+    def step_fn(state: TrainState, _loop_key, t, phase):
+        global_step = phase["offset"] + t
+        key_batch, key_loss = jax.random.split(jax.random.fold_in(key, global_step))
+        data = phase["data"]
+        indices = jax.random.randint(key_batch, (batch_size,), 0, data.shape[0])
+        (value, info), grads = jax.value_and_grad(batch_loss, argnums=1, has_aux=True)(
+            key_loss, state.params, static, schedule, data[indices], loss, variance, decoder, state.history, vlb_weight
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        history = state.history
+        if history is not None:
+            history = update_importance_history(history, info.t, info.term)
+        new = TrainState(params, ema_update(state.ema_params, params, ema_decay), opt_state, history, state.step + 1)
+        return new, value
+
+    segments = _segments(start, steps, checkpoint_every)
+    if chunk_size is None:
+        chunk_size = choose_chunk_size([checkpoint_every or steps], min_chunks=10 if progress else 1)
+    loop = ChunkedLoop(step_fn, chunk_size)
+    traces = [trace]
+    with ProgressBar(progress, total=steps, description="diffusion") as bar:
+        bar.phase(f"training ({loss})")
+        if start:
+            bar.update(start)
+        for segment_start, segment_end in segments:
+            reported = [0]
+
+            def watch(outputs, segment_start=segment_start, reported=reported):
+                losses = np.asarray(outputs)
+                fresh = losses[reported[0]:]
+                bad = np.flatnonzero(~np.isfinite(fresh))
+                if bad.size:
+                    _raise_non_finite(segment_start + reported[0] + int(bad[0]), steps, learning_rate, optimizer_given)
+                bar.update(fresh.size, loss=f"{float(np.mean(fresh)):.4g}")
+                reported[0] = losses.size
+                return False
+
+            run = loop.run(state, key, segment_end - segment_start,
+                           {"offset": jnp.int32(segment_start), "data": data}, stop=watch)
+            state = run.carry
+            traces.append(np.asarray(run.outputs, np.float32))
+            if checkpoint_every is not None:
+                _save(checkpoint_dir, state, key_data, np.concatenate(traces), settings)
+
+    return TrainResult(
+        network=eqx.combine(state.params, static),
+        ema_network=eqx.combine(state.ema_params, static),
+        loss_trace=np.concatenate(traces),
+        steps_done=int(state.step),
+        seconds=time.perf_counter() - tic,
+    )
+
+
+def _raise_non_finite(step, steps, learning_rate, optimizer_given):
+    if optimizer_given:
+        rate = "the optimizer's"
+    else:
+        rate = "the schedule's" if callable(learning_rate) else f"{learning_rate:g}"
+    raise FittingError(
+        f"The diffusion training loss became non-finite at step {step} (of {steps}). The step size "
+        f"is probably too large: try a smaller learning rate than {rate} (a tenth of it, say), "
+        "gradient clipping (optax.chain(optax.clip_by_global_norm(1.0), optax.adam(...))), or a "
+        "larger batch_size."
+    )
+
+
+def _is_typed_key(key) -> bool:
+    return jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key)
+
+
+def _segments(start: int, steps: int, checkpoint_every: int | None):
+    """[(a, b), ...] covering start..steps, cut at multiples of checkpoint_every."""
+    if start >= steps:
+        return []
+    if checkpoint_every is None:
+        return [(start, steps)]
+    cuts = list(range((start // checkpoint_every + 1) * checkpoint_every, steps, checkpoint_every))
+    bounds = [start] + cuts + [steps]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _check_settings(data, network, steps, batch_size, loss, variance, ema_decay, checkpoint_every,
+                    checkpoint_dir, resume, schedule) -> dict:
+    for name, value, minimum in (("steps", steps, 0), ("batch_size", batch_size, 1)):
+        if not isinstance(value, (int, np.integer)) or value < minimum:
+            raise SettingsError(f"{name} must be an integer >= {minimum}; got {value!r}.")
+    if loss not in LOSSES:
+        raise SettingsError(f"Unknown loss {loss!r}; choose one of {', '.join(LOSSES)}.")
+    if variance not in VARIANCES:
+        raise SettingsError(f"Unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}.")
+    if variance == "learned_range" and not getattr(network, "learn_variance", True):
+        raise SettingsError(
+            'variance="learned_range" needs a network with a variance output: build it with '
+            'learn_variance=True, or choose variance="beta_tilde" or "beta".'
+        )
+    if variance == "learned_range" and loss == "simple":
+        raise SettingsError(
+            'loss="simple" does not train the variance output of variance="learned_range"; use '
+            'loss="hybrid" or a vlb loss, or a fixed variance.'
+        )
+    if not 0.0 <= ema_decay < 1.0:
+        raise SettingsError(f"ema_decay must be in [0, 1); got {ema_decay}.")
+    if data.ndim < 1 or data.shape[0] < 1:
+        raise SettingsError(f"data needs at least one example along axis 0; got shape {data.shape}.")
+    if checkpoint_every is not None:
+        if not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 1:
+            raise SettingsError(f"checkpoint_every must be a positive integer or None; got {checkpoint_every!r}.")
+        if checkpoint_dir is None:
+            raise SettingsError("checkpoint_every needs a checkpoint_dir to write the checkpoints to.")
+    if resume and checkpoint_dir is None:
+        raise SettingsError("resume=True needs the checkpoint_dir of the run to resume.")
+    return {
+        "format_version": FORMAT_VERSION,
+        "loss": loss,
+        "variance": variance,
+        "batch_size": int(batch_size),
+        "ema_decay": float(ema_decay),
+        "num_diffusion_steps": int(schedule.num_steps),
+        "num_examples": int(data.shape[0]),
+        "example_shape": list(data.shape[1:]),
+        "dtype": str(data.dtype),
+        "network": type(network).__name__,
+    }
+
+
+def _atomic_write(directory: str, name: str, write):
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, os.path.join(directory, name))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _save(directory, state: TrainState, key_data, trace: np.ndarray, settings: dict):
+    """Write step_<step>.eqx (the state, key and trace), then step_<step>.json (written last: a
+    checkpoint counts once its JSON exists); keep the last CHECKPOINTS_KEPT."""
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    step = int(state.step)
+    stem = f"step_{step:09d}"
+    payload = (state, jnp.asarray(key_data), trace)
+    _atomic_write(directory, stem + ".eqx", lambda path: eqx.tree_serialise_leaves(path, payload))
+    meta = {"step": step, "key_shape": list(key_data.shape), **settings}
+
+    def write_json(path):
+        with open(path, "w") as f:
+            json.dump(meta, f, indent=1)
+
+    _atomic_write(directory, stem + ".json", write_json)
+    for old in sorted(_checkpoint_steps(directory))[:-CHECKPOINTS_KEPT]:
+        for suffix in (".json", ".eqx"):  # JSON first: a half-deleted checkpoint is not listed
+            path = os.path.join(directory, f"step_{old:09d}{suffix}")
+            if os.path.exists(path):
+                os.remove(path)
+
+
+def _checkpoint_steps(directory) -> list[int]:
+    if not os.path.isdir(directory):
+        return []
+    return [int(m.group(1)) for name in os.listdir(directory) if (m := CHECKPOINT_PATTERN.match(name))]
+
+
+def _load_latest(directory, like: TrainState, key_data, settings: dict):
+    """(state, trace) of the latest checkpoint in ``directory``, or None when there is none."""
+    directory = os.fspath(directory)
+    steps = _checkpoint_steps(directory)
+    if not steps:
+        return None
+    step = max(steps)
+    stem = os.path.join(directory, f"step_{step:09d}")
+    with open(stem + ".json") as f:
+        meta = json.load(f)
+    different = {k: (meta.get(k), v) for k, v in settings.items() if meta.get(k) != v}
+    if different:
+        listed = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in different.items())
+        raise SettingsError(
+            f"The checkpoint {stem}.json was written with other settings ({listed}). Resume with the "
+            "same settings, or use another checkpoint_dir to start afresh."
+        )
+    payload_like = (like, jnp.zeros(key_data.shape, key_data.dtype), np.zeros((step,), np.float32))
+    state, saved_key, trace = eqx.tree_deserialise_leaves(stem + ".eqx", payload_like)
+    if not np.array_equal(np.asarray(saved_key), key_data):
+        raise SettingsError(
+            f"The checkpoint {stem}.eqx was written by a training run with another key; resume with "
+            "the same key (the steps' draws are fold_in(key, step)), or use another checkpoint_dir."
+        )
+    return state, np.asarray(trace, np.float32)
