@@ -232,22 +232,25 @@ def update_importance_history(history: ImportanceHistory, t, terms) -> Importanc
             gradient: the history is data).
     """
     length = history.values.shape[1]
-    positions = jnp.arange(length)
-
-    def record(state, step_and_term):
-        values, counts = state
-        step, term = step_and_term
-        row = step - 1
-        count = counts[row]
-        current = values[row]
-        shifted = jnp.concatenate([current[1:], term[None]])
-        filled = jnp.where(positions == count, term, current)
-        values = values.at[row].set(jnp.where(count >= length, shifted, filled))
-        counts = counts.at[row].set(jnp.minimum(count + 1, length))
-        return (values, counts), None
-
+    T = history.values.shape[0]
+    t = jnp.asarray(t)
     terms = jax.lax.stop_gradient(jnp.asarray(terms, history.values.dtype))
-    (values, counts), _ = jax.lax.scan(record, (history.values, history.counts), (jnp.asarray(t), terms))
+    rows = t - 1
+    # Vectorised, yet the same as appending the values one by one in order: value i is the
+    # rank_i-th new value of its row, and each row keeps the last `length` of old + new.
+    order = jnp.arange(t.shape[0])
+    rank = jnp.sum((rows[:, None] == rows[None, :]) & (order[:, None] > order[None, :]), axis=1)
+    new_count = jnp.zeros((T,), jnp.int32).at[rows].add(1)
+    drop = jnp.maximum(history.counts + new_count - length, 0)  # oldest entries pushed out, per row
+    slots = jnp.arange(length)
+    source = slots[None, :] + drop[:, None]
+    keep_old = source < history.counts[:, None]
+    old = jnp.take_along_axis(history.values, jnp.minimum(source, length - 1), axis=1)
+    values = jnp.where(keep_old, old, jnp.zeros_like(old))
+    position = history.counts[rows] + rank - drop[rows]
+    # Values older than the last `length` of their row (position < 0) are dropped.
+    values = values.at[rows, jnp.where(position >= 0, position, length)].set(terms, mode="drop")
+    counts = jnp.minimum(history.counts + new_count, length)
     return ImportanceHistory(values, counts)
 
 
