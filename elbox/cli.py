@@ -4,6 +4,9 @@
     elbox fit MODEL --method meanfield|fullrank|flow|cavi --steps N --seed S [--json PATH] [--out DIR]
     elbox models [--json]
     elbox tour [--out DIR]
+    elbox diffusion train --data NAME|PATH [--levels K] --steps N --seed S --out DIR [--resume] [--no-progress]
+    elbox diffusion elbo DIR [--data PATH] [--json PATH]
+    elbox diffusion sample DIR --n 64 --out PNG [--seed S]
 
 MODEL is a built-in name (``elbox models`` lists them) or ``path/to/file.py:NAME`` where NAME is
 a NumPyro model function taking no arguments or an ``elbox.Model``.
@@ -84,7 +87,49 @@ def build_parser() -> argparse.ArgumentParser:
                       help="folder for the tour's tables and plots (default: ./elbox-tour)")
     tour.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     tour.set_defaults(handler=run_tour)
+
+    _add_diffusion_parser(commands)
     return parser
+
+
+def _add_diffusion_parser(commands):
+    diffusion = commands.add_parser("diffusion", help="train a diffusion model on its ELBO; its bound, terms and samples")
+    actions = diffusion.add_subparsers(dest="diffusion_command", required=True, metavar="ACTION")
+
+    train = actions.add_parser("train", help="train the default recipe for a data set; save the run in DIR")
+    train.add_argument("--data", required=True, metavar="NAME|PATH",
+                       help="gmm8, checkerboard, moons, digits, gmm8_quantized, or a .npy/.csv file (rows, columns)")
+    train.add_argument("--levels", type=_count(2), default=None, metavar="K",
+                       help="for a file of integers 0..K-1: the number of levels K (default: continuous data)")
+    train.add_argument("--steps", type=_count(1), default=None, help="optimisation steps (default: the data set's recipe)")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    train.add_argument("--out", required=True, metavar="DIR", type=Path, help="folder for the run")
+    train.add_argument("--resume", action="store_true", help="continue the run in DIR from its latest checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    # Hidden: change the recipe (tests and quick experiments).
+    train.add_argument("--T", type=_count(2), default=None, help=argparse.SUPPRESS)
+    train.add_argument("--width", type=_count(1), default=None, help=argparse.SUPPRESS)
+    train.add_argument("--depth", type=_count(1), default=None, help=argparse.SUPPRESS)
+    train.add_argument("--batch-size", type=_count(1), default=None, help=argparse.SUPPRESS)
+    train.add_argument("--checkpoint-every", type=_count(1), default=None, help=argparse.SUPPRESS)
+    train.set_defaults(handler=run_diffusion_train)
+
+    elbo = actions.add_parser("elbo", help="the test-set bound in nats/dim and bits/dim, its terms and the gap to the entropy")
+    elbo.add_argument("run_dir", metavar="DIR", type=Path, help="a folder written by `elbox diffusion train`")
+    elbo.add_argument("--data", metavar="PATH", default=None,
+                      help="evaluate this .npy/.csv file (same columns as the training data) instead of the test set")
+    elbo.add_argument("--json", metavar="PATH", type=Path, help="write the results as JSON to PATH")
+    elbo.add_argument("--seed", type=int, default=0, help="random seed of the x_t draws (default: 0)")
+    elbo.add_argument("--max-examples", type=_count(1), default=1000,
+                      help="evaluate at most this many examples (default: 1000)")
+    elbo.set_defaults(handler=run_diffusion_elbo)
+
+    draw = actions.add_parser("sample", help="ancestral samples from the trained model, plotted to a PNG")
+    draw.add_argument("run_dir", metavar="DIR", type=Path, help="a folder written by `elbox diffusion train`")
+    draw.add_argument("--n", type=_count(1), default=64, help="number of samples (default: 64)")
+    draw.add_argument("--out", required=True, metavar="PNG", type=Path, help="the plot to write")
+    draw.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    draw.set_defaults(handler=run_diffusion_sample)
 
 
 # -- argument types ------------------------------------------------------------------------------
@@ -239,6 +284,70 @@ def run_tour(args) -> int:
     from elbox.report.tour import run_tour as tour
 
     tour(args.out, seed=args.seed, echo=print)
+    return 0
+
+
+def run_diffusion_train(args) -> int:
+    from elbox.diffusion.run import train_run
+
+    overrides = {"T": args.T, "width": args.width, "depth": args.depth, "batch_size": args.batch_size,
+                 "checkpoint_every": args.checkpoint_every}
+    meta = train_run(args.data, args.steps, args.seed, args.out, resume=args.resume, levels=args.levels,
+                     progress=not args.no_progress, recipe_overrides=overrides)
+    recipe = meta["recipe"]
+    print(
+        f"trained {meta['data']} for {meta['steps_done']} steps ({recipe['loss']}, variance {recipe['variance']}, "
+        f"T = {recipe['T']}) in {meta['train_seconds']:.1f} s; final loss {meta['final_loss']:.4g}"
+    )
+    print(f"run saved in {args.out}; next: elbox diffusion elbo {args.out}")
+    return 0
+
+
+def run_diffusion_elbo(args) -> int:
+    from elbox.diffusion.run import elbo_run
+    from elbox.report.diffusion_plots import per_step_plot
+
+    bound = elbo_run(args.run_dir, data_path=args.data, seed=args.seed, max_examples=args.max_examples)
+    print(f"{bound['data']}: bound on -log p(x) over {bound['num_examples']} examples ({bound['estimator']}, T = {bound['T']})")
+    print(f"  nats/dim  {bound['nats_per_dim']:.4f} ± {bound['stderr']:.4f}")
+    print(f"  bits/dim  {bound['bits_per_dim']:.4f} ± {bound['stderr_bits']:.4f}")
+    terms = bound["terms"]
+    print(f"  terms (nats/dim): reconstruction {terms['reconstruction']:.4f}, denoising {terms['denoising']:.4f}, "
+          f"prior {terms['prior']:.3g}")
+    if bound["true_entropy_per_dim"] is not None:
+        print(f"  true entropy {bound['true_entropy_per_dim']:.4f} nats/dim; gap (bound - entropy) "
+              f"{bound['gap_to_entropy']:.4f} ± {bound['stderr']:.4f} nats/dim")
+    else:
+        print("  true entropy: unknown for these data")
+    if bound["categorical_baseline_bits_per_dim"] is not None:
+        print(f"  baselines: independent categorical {bound['categorical_baseline_bits_per_dim']:.4f} bits/dim, "
+              f"uniform {bound['uniform_bits_per_dim']:.4f} bits/dim")
+    plot = per_step_plot(bound, args.run_dir / "elbo_per_step.png")
+    print(f"saved: {plot}")
+    if args.json:
+        _write_json(args.json, bound)
+        print(f"results written to {args.json}")
+    return 0
+
+
+def run_diffusion_sample(args) -> int:
+    from elbox.diffusion.data import builtin_names
+    from elbox.diffusion.run import load_run, sample_run, training_data
+    from elbox.report.diffusion_plots import samples_plot
+
+    run = load_run(args.run_dir)
+    samples = sample_run(args.run_dir, args.n, seed=args.seed)
+    meta = run.meta
+    train = None
+    if meta["dim"] != 64 or meta["levels"] is None:
+        try:
+            train = training_data(run).train
+        except ElboxError:  # the training file has gone: plot the samples alone
+            train = None
+    name = meta["data"] if meta["data"] in builtin_names() else Path(meta["data"]).name
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    path = samples_plot(samples, args.out, name=name, dim=meta["dim"], levels=meta["levels"], train=train)
+    print(f"saved: {path} ({args.n} samples)")
     return 0
 
 

@@ -28,4 +28,6 @@ Modules:
   small convolutional net for 8x8 images), optionally with improved DDPM's variance output.
 * ``train``: the optax training loop in compiled chunks, with EMA weights and checkpoints from
   which an interrupted run resumes to exactly the uninterrupted result.
+* ``sample``: ancestral sampling from the learned reverse process.
+* ``run``: per-data-set recipes and the run folders behind ``elbox diffusion train|elbo|sample``.
 """

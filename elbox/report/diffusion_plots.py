@@ -1,0 +1,156 @@
+"""Plots of diffusion runs, saved as PNG files (matplotlib's Agg backend: no screen needed).
+
+* :func:`per_step_plot`: the denoising terms L_{t-1} against t (log scale), with the
+  reconstruction and prior terms named in the title.
+* :func:`samples_scatter_plot`: 2-D samples over the true density's contours where the exact log
+  density is known (gmm8, checkerboard), else over the training data.
+* :func:`digits_grid_plot`: samples of 8 x 8 images as a grid.
+* :func:`samples_plot`: whichever of the two fits the data.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+MAX_BACKGROUND_POINTS = 5_000
+
+
+def per_step_plot(bound: dict, path: Path, title: str | None = None) -> Path:
+    """L_{t-1} (nats per dimension, mean over the test examples) against t = 2..T, log scale,
+    from :func:`elbox.diffusion.run.elbo_run`'s dict. Non-positive values (Monte Carlo noise in a
+    KL that is nearly zero cannot make it negative, but a learned model can make it tiny) are
+    clipped to the smallest positive value so that the log axis shows them."""
+    per_step = np.asarray(bound["denoising_per_step"], np.float64)
+    t = np.arange(2, per_step.size + 2)
+    positive = per_step[per_step > 0]
+    floor = positive.min() if positive.size else 1e-12
+    figure, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(t, np.maximum(per_step, floor), color="tab:blue", lw=1.0, label=r"$L_{t-1}$ (denoising)")
+    terms = bound["terms"]
+    ax.set_yscale("log")
+    ax.set_xlabel("diffusion step t")
+    ax.set_ylabel("nats per dimension")
+    heading = title or f"{bound['data']}: per-step terms of the bound"
+    ax.set_title(
+        f"{heading}\nbound {bound['nats_per_dim']:.4f} ± {bound['stderr']:.4f} nats/dim; "
+        f"L_0 {terms['reconstruction']:.4f}, sum L_t-1 {terms['denoising']:.4f}, L_T {terms['prior']:.2e}",
+        fontsize=9,
+    )
+    ax.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
+def _exact_log_density(name: str):
+    from elbox.diffusion import data
+
+    return {"gmm8": data.gmm8_log_density, "checkerboard": data.checkerboard_log_density}.get(name)
+
+
+def samples_scatter_plot(samples, path: Path, *, name: str = "", train=None, title: str | None = None) -> Path:
+    """2-D samples (the first two columns) as points over the exact density's contours (gmm8,
+    checkerboard: filled contours of exp(log p)) or, where the density is unknown, over the
+    training data (grey)."""
+    samples = np.asarray(samples, np.float64)
+    figure, ax = plt.subplots(figsize=(5.5, 5.5))
+    log_density = _exact_log_density(name) if samples.shape[1] == 2 else None
+    reference = np.asarray(train, np.float64)[:, :2] if train is not None else samples[:, :2]
+    both = np.concatenate([reference, samples[:, :2]])
+    low, high = np.quantile(both, 0.005, axis=0), np.quantile(both, 0.995, axis=0)
+    pad = 0.1 * (high - low) + 1e-6
+    low, high = low - pad, high + pad
+    if log_density is not None:
+        gx, gy = np.meshgrid(np.linspace(low[0], high[0], 300), np.linspace(low[1], high[1], 300))
+        grid = np.stack([gx, gy], axis=-1).astype(np.float32)
+        log_p = np.asarray(log_density(grid), np.float64)
+        finite = np.isfinite(log_p)
+        if finite.any() and np.ptp(log_p[finite]) > 1e-6:
+            # Lines where log p is 1/2, 2 and 9/2 nats below its peak (1, 2, 3 sd of a Gaussian).
+            top = log_p[finite].max()
+            ax.contourf(gx, gy, np.where(finite, log_p, -np.inf), levels=[top - 4.5, top + 1], colors=["tab:blue"], alpha=0.15)
+            ax.contour(gx, gy, np.where(finite, log_p, top - 100), levels=[top - 4.5, top - 2, top - 0.5],
+                       colors="tab:blue", linewidths=0.8, linestyles="solid")
+        else:  # a density that is constant on its support: shade the support
+            ax.contourf(gx, gy, finite.astype(float), levels=[0.5, 1.5], colors=["tab:blue"], alpha=0.2)
+        background = "exact density"
+    elif train is not None:
+        shown = reference[:MAX_BACKGROUND_POINTS]
+        ax.scatter(shown[:, 0], shown[:, 1], s=2, color="0.7", alpha=0.5, label="training data")
+        background = "training data"
+    else:
+        background = None
+    ax.scatter(samples[:, 0], samples[:, 1], s=3, color="tab:red", alpha=0.5, label=f"{len(samples)} samples")
+    ax.set_xlim(low[0], high[0])
+    ax.set_ylim(low[1], high[1])
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel("x1")
+    ax.set_ylabel("x2")
+    suffix = f" over the {background}" if background else ""
+    ax.set_title(title or f"{name}: diffusion samples{suffix}", fontsize=10)
+    ax.legend(fontsize=8, loc="upper right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
+def digits_grid_plot(samples, path: Path, *, levels: int | None = 17, title: str | None = None) -> Path:
+    """Samples of square images (flattened rows of length size^2, e.g. 8 x 8 digits with levels
+    0..16) in a grid, dark ink on white as scikit-learn shows the digits."""
+    samples = np.asarray(samples, np.float64)
+    n, d = samples.shape
+    size = math.isqrt(d)
+    if size * size != d:
+        raise ValueError(f"digits_grid_plot needs square images; rows of {d} values are not")
+    columns = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 0.8, rows * 0.8 + 0.4), squeeze=False)
+    vmax = (levels - 1) if levels else float(samples.max())
+    vmin = 0.0 if levels else float(samples.min())
+    for i, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(samples[i].reshape(size, size), cmap="gray_r", vmin=vmin, vmax=vmax, interpolation="nearest")
+    figure.suptitle(title or f"{n} diffusion samples", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
+def samples_plot(samples, path: Path, *, name: str = "", dim: int, levels=None, train=None) -> Path:
+    """A digit grid for 64-column image data (``digits``), else a scatter of the first two columns."""
+    if name == "digits" or (levels is not None and dim == 64):
+        return digits_grid_plot(samples, path, levels=levels, title=f"{name}: {len(samples)} diffusion samples")
+    return samples_scatter_plot(samples, path, name=name, train=train)
+
+
+def loss_trace_plot(trace, path: Path, title: str = "training loss") -> Path:
+    """The training loss per step with a running mean."""
+    trace = np.asarray(trace, np.float64)
+    figure, ax = plt.subplots(figsize=(7, 3.5))
+    steps = np.arange(1, trace.size + 1)
+    ax.plot(steps, trace, color="tab:blue", alpha=0.25, lw=0.5)
+    width = max(1, trace.size // 50)
+    if trace.size >= width:
+        smooth = np.convolve(trace, np.ones(width) / width, mode="valid")
+        ax.plot(steps[width - 1:], smooth, color="tab:blue", lw=1.5, label=f"running mean ({width} steps)")
+        ax.legend(fontsize=8)
+    if trace.size:
+        ax.set_ylim(np.quantile(trace, 0.01), np.quantile(trace, 0.99))
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)
