@@ -239,25 +239,31 @@ def _sample_gmm8(rng: np.random.Generator, n: int) -> np.ndarray:
     return GMM8_CENTRES[component] + GMM8_SD * ndtri(u[:, 1:])
 
 
+def _half_scaled_2d(name, sampler, n_train, n_test, seed, entropy_per_dim, description) -> Dataset:
+    """A continuous 2-D data set on about [-2, 2]^2, mapped to model units by y = x / 2."""
+    _check_sizes(n_train, n_test)
+    train_rng, test_rng = _streams(seed)
+    return Dataset(
+        name=name,
+        train=sampler(train_rng, n_train).astype(np.float32),
+        test=sampler(test_rng, n_test).astype(np.float32),
+        levels=None,
+        scale=0.5,
+        shift=0.0,
+        log_jacobian_per_dim=math.log(0.5),
+        true_entropy_per_dim=entropy_per_dim,
+        description=description,
+    )
+
+
 def gmm8(n_train: int = 50_000, n_test: int = 10_000, seed: int = 0) -> Dataset:
     """Eight Gaussians: p(x) = (1/8) sum_k N(x; c_k, 0.1^2 I), c_k = 2 (cos 2 pi k/8, sin 2 pi k/8).
 
     Model units: y = x / 2 (the circle of radius 1). True entropy: :data:`GMM8_ENTROPY_PER_DIM`
     (0.156074 nats/dim), exact to 1e-12.
     """
-    _check_sizes(n_train, n_test)
-    train_rng, test_rng = _streams(seed)
-    return Dataset(
-        name="gmm8",
-        train=_sample_gmm8(train_rng, n_train).astype(np.float32),
-        test=_sample_gmm8(test_rng, n_test).astype(np.float32),
-        levels=None,
-        scale=0.5,
-        shift=0.0,
-        log_jacobian_per_dim=math.log(0.5),
-        true_entropy_per_dim=GMM8_ENTROPY_PER_DIM,
-        description="8 Gaussians (sd 0.1) on the circle of radius 2",
-    )
+    return _half_scaled_2d("gmm8", _sample_gmm8, n_train, n_test, seed, GMM8_ENTROPY_PER_DIM,
+                           "8 Gaussians (sd 0.1) on the circle of radius 2")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,19 +304,8 @@ def _sample_checkerboard(rng: np.random.Generator, n: int) -> np.ndarray:
 def checkerboard(n_train: int = 50_000, n_test: int = 10_000, seed: int = 0) -> Dataset:
     """Uniform on the 8 black squares of a 4x4 board over [-2, 2]^2 (see
     :func:`checkerboard_log_density`); entropy log(8) / 2 = 1.0397 nats/dim. Model units: y = x / 2."""
-    _check_sizes(n_train, n_test)
-    train_rng, test_rng = _streams(seed)
-    return Dataset(
-        name="checkerboard",
-        train=_sample_checkerboard(train_rng, n_train).astype(np.float32),
-        test=_sample_checkerboard(test_rng, n_test).astype(np.float32),
-        levels=None,
-        scale=0.5,
-        shift=0.0,
-        log_jacobian_per_dim=math.log(0.5),
-        true_entropy_per_dim=CHECKERBOARD_ENTROPY_PER_DIM,
-        description="uniform on the 8 black unit squares of a 4x4 board over [-2, 2]^2",
-    )
+    return _half_scaled_2d("checkerboard", _sample_checkerboard, n_train, n_test, seed, CHECKERBOARD_ENTROPY_PER_DIM,
+                           "uniform on the 8 black unit squares of a 4x4 board over [-2, 2]^2")
 
 
 # ---------------------------------------------------------------------------------------------

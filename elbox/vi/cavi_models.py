@@ -33,7 +33,7 @@ def fit_cavi(model: Model, key: jax.Array, max_iterations: int = 500) -> FitResu
     elbo = Estimate(expected_ll.value - kl.value, 0.0)
     report = ElboReport(elbo, elbo, elbo, expected_ll, kl, None, "closed form")
     trace = np.asarray(trace, dtype=np.float64)
-    return FitResults.build(
+    return FitResults(
         model=model, method="cavi", estimator="closed form", family=None, params=params, report=report,
         trace=trace, steps=max_iterations, stopped_early=trace.size < max_iterations,
         constrained_draws=draws, seconds={"compile": 0.0, "fitting": seconds, "total": seconds},

@@ -141,7 +141,7 @@ def fit(
 
     report, constrained = evaluate_elbo(key_eval, model, family, params, num_samples=eval_samples, keep_draws=True)
     seconds = {"compile": loop.compile_seconds, "fitting": seconds_fitting}
-    results = FitResults.build(
+    results = FitResults(
         model=model, method=method, estimator=estimator, family=family, params=params,
         report=report, trace=trace, steps=steps, constrained_draws=constrained, seconds=seconds,
         stopped_early=trace.size < steps,

@@ -41,10 +41,6 @@ class FitResults:
     constrained_draws: dict
     seconds: dict[str, float]
 
-    @classmethod
-    def build(cls, **kwargs):
-        return cls(**kwargs)
-
     @functools.cached_property
     def inference_data(self):
         """Draws from q as ArviZ ``InferenceData``: one chain, the same container as MCMC draws."""
