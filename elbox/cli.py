@@ -4,7 +4,7 @@
     elbox fit MODEL --method meanfield|fullrank|flow|cavi --steps N --seed S [--json PATH] [--out DIR]
     elbox models [--json]
     elbox tour [--out DIR]
-    elbox diffusion train --data NAME|PATH [--levels K] --steps N --seed S --out DIR [--resume] [--no-progress]
+    elbox diffusion train --data NAME|PATH [--levels K] [--model vdm|ddpm] --steps N --seed S --out DIR [--resume] [--no-progress]
     elbox diffusion elbo DIR [--data PATH] [--json PATH]
     elbox diffusion sample DIR --n 64 --out PNG [--seed S]
 
@@ -101,6 +101,9 @@ def _add_diffusion_parser(commands):
                        help="gmm8, checkerboard, moons, digits, gmm8_quantized, or a .npy/.csv file (rows, columns)")
     train.add_argument("--levels", type=_count(2), default=None, metavar="K",
                        help="for a file of integers 0..K-1: the number of levels K (default: continuous data)")
+    train.add_argument("--model", choices=("vdm", "ddpm"), default=None,
+                       help="vdm: the continuous-time bound with a learned noise schedule (default); "
+                            "ddpm: T = 1000 discrete steps, L_hybrid with a learned variance range")
     train.add_argument("--steps", type=_count(1), default=None, help="optimisation steps (default: the data set's recipe)")
     train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     train.add_argument("--out", required=True, metavar="DIR", type=Path, help="folder for the run")
@@ -120,8 +123,9 @@ def _add_diffusion_parser(commands):
                       help="evaluate this .npy/.csv file (same columns as the training data) instead of the test set")
     elbo.add_argument("--json", metavar="PATH", type=Path, help="write the results as JSON to PATH")
     elbo.add_argument("--seed", type=int, default=0, help="random seed of the x_t draws (default: 0)")
-    elbo.add_argument("--max-examples", type=_count(1), default=1000,
-                      help="evaluate at most this many examples (default: 1000)")
+    elbo.add_argument("--max-examples", type=_count(1), default=None,
+                      help="evaluate at most this many examples (default: all for the continuous-time bound, "
+                           "1000 for a discrete-time bound, each of whose examples costs T network evaluations)")
     elbo.set_defaults(handler=run_diffusion_elbo)
 
     draw = actions.add_parser("sample", help="ancestral samples from the trained model, plotted to a PNG")
@@ -290,14 +294,18 @@ def run_tour(args) -> int:
 def run_diffusion_train(args) -> int:
     from elbox.diffusion.run import train_run
 
-    overrides = {"T": args.T, "width": args.width, "depth": args.depth, "batch_size": args.batch_size,
-                 "checkpoint_every": args.checkpoint_every}
+    overrides = {"model": args.model, "T": args.T, "width": args.width, "depth": args.depth,
+                 "batch_size": args.batch_size, "checkpoint_every": args.checkpoint_every}
     meta = train_run(args.data, args.steps, args.seed, args.out, resume=args.resume, levels=args.levels,
                      progress=not args.no_progress, recipe_overrides=overrides)
     recipe = meta["recipe"]
+    if recipe["model"] == "vdm":
+        how = f"vdm: continuous-time bound, {recipe['schedule']} schedule"
+    else:
+        how = f"ddpm: {recipe['loss']}, variance {recipe['variance']}, T = {recipe['T']}"
     print(
-        f"trained {meta['data']} for {meta['steps_done']} steps ({recipe['loss']}, variance {recipe['variance']}, "
-        f"T = {recipe['T']}) in {meta['train_seconds']:.1f} s; final loss {meta['final_loss']:.4g}"
+        f"trained {meta['data']} for {meta['steps_done']} steps ({how}) in {meta['train_seconds']:.1f} s; "
+        f"final loss {meta['final_loss']:.4g} nats per example"
     )
     print(f"run saved in {args.out}; next: elbox diffusion elbo {args.out}")
     return 0
@@ -308,17 +316,27 @@ def run_diffusion_elbo(args) -> int:
     from elbox.report.diffusion_plots import per_step_plot
 
     bound = elbo_run(args.run_dir, data_path=args.data, seed=args.seed, max_examples=args.max_examples)
-    print(f"{bound['data']}: bound on -log p(x) over {bound['num_examples']} examples ({bound['estimator']}, T = {bound['T']})")
+    where = f"T = {bound['T']}" if bound["T"] is not None else bound["bound"]
+    print(f"{bound['data']}: bound on -log p(x) over {bound['num_examples']} examples ({bound['estimator']}, {where})")
     print(f"  nats/dim  {bound['nats_per_dim']:.4f} ± {bound['stderr']:.4f}")
     print(f"  bits/dim  {bound['bits_per_dim']:.4f} ± {bound['stderr_bits']:.4f}")
     terms = bound["terms"]
     print(f"  terms (nats/dim): reconstruction {terms['reconstruction']:.4f}, denoising {terms['denoising']:.4f}, "
           f"prior {terms['prior']:.3g}")
+    discrete = bound["discrete_time"]
+    if discrete is not None:
+        dterms = discrete["terms"]
+        print(f"  the same model with T = {discrete['T']} steps ({discrete['num_examples']} examples): "
+              f"{discrete['nats_per_dim']:.4f} ± {discrete['stderr']:.4f} nats/dim "
+              f"({discrete['bits_per_dim']:.4f} bits/dim); denoising {dterms['denoising']:.4f}")
     if bound["true_entropy_per_dim"] is not None:
         print(f"  true entropy {bound['true_entropy_per_dim']:.4f} nats/dim; gap (bound - entropy) "
               f"{bound['gap_to_entropy']:.4f} ± {bound['stderr']:.4f} nats/dim")
     else:
         print("  true entropy: unknown for these data")
+    if bound["gap_to_test_nll"] is not None:
+        print(f"  exact -log p(x) of the same examples {bound['test_nll_per_dim']:.4f} nats/dim; "
+              f"gap (bound - (-log p), paired) {bound['gap_to_test_nll']:.4f} ± {bound['gap_to_test_nll_stderr']:.4f}")
     if bound["categorical_baseline_bits_per_dim"] is not None:
         print(f"  baselines: independent categorical {bound['categorical_baseline_bits_per_dim']:.4f} bits/dim, "
               f"uniform {bound['uniform_bits_per_dim']:.4f} bits/dim")

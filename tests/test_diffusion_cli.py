@@ -9,52 +9,88 @@ import pytest
 
 from elbox.cli import main
 from elbox.diffusion.run import DEFAULTS, load_run, make_recipe, sample_run
+from elbox.errors import ElboxError
 
 # A tiny recipe through the hidden options: T = 20 steps, a 16-unit MLP, small batches.
 TINY = ["--T", "20", "--width", "16", "--depth", "1", "--batch-size", "64", "--checkpoint-every", "10", "--no-progress"]
 ELBO_FIELDS = {
-    "data", "T", "nats_per_dim", "bits_per_dim", "stderr", "terms", "denoising_per_step",
-    "true_entropy_per_dim", "estimator", "seconds", "categorical_baseline_bits_per_dim", "uniform_bits_per_dim",
+    "data", "model", "bound", "T", "nats_per_dim", "bits_per_dim", "stderr", "terms", "denoising_per_step",
+    "denoising_per_step_T", "discrete_time", "true_entropy_per_dim", "gap_to_entropy", "test_nll_per_dim",
+    "gap_to_test_nll", "gap_to_test_nll_stderr", "estimator", "seconds", "categorical_baseline_bits_per_dim",
+    "uniform_bits_per_dim",
 }
 
 
 @pytest.fixture(scope="module")
 def moons_run(tmp_path_factory):
+    """The default model (vdm) on moons."""
     out = tmp_path_factory.mktemp("runs") / "moons"
     assert main(["diffusion", "train", "--data", "moons", "--steps", "30", "--seed", "0", "--out", str(out), *TINY]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def ddpm_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "gmm8_ddpm"
+    assert main(["diffusion", "train", "--data", "gmm8", "--model", "ddpm", "--steps", "30", "--out", str(out), *TINY]) == 0
     return out
 
 
 def test_train_writes_a_run(moons_run):
     meta = json.loads((moons_run / "run.json").read_text())
     assert meta["data"] == "moons" and meta["steps_done"] == 30 and meta["status"] == "trained"
+    assert meta["recipe"]["model"] == "vdm" and meta["recipe"]["schedule"] == "learned"
     assert meta["recipe"]["T"] == 20 and meta["recipe"]["network"]["width"] == 16
     assert meta["scaling"]["scale"] == 1.0 and len(meta["scaling"]["shift"]) == 2
     assert (moons_run / "model.eqx").stat().st_size > 0
     assert np.load(moons_run / "loss_trace.npy").shape == (30,)
     run = load_run(moons_run)
-    assert run.schedule.num_steps == 20 and run.dim == 2
+    assert run.schedule is None and run.dim == 2
 
 
-def test_elbo_json_has_every_field(moons_run, tmp_path, capsys):
-    path = tmp_path / "bound.json"
-    assert main(["diffusion", "elbo", str(moons_run), "--json", str(path), "--max-examples", "200"]) == 0
-    printed = capsys.readouterr().out
-    assert "nats/dim" in printed and "bits/dim" in printed and "±" in printed
-    bound = json.loads(path.read_text())
+def _check_bound(bound: dict):
     assert ELBO_FIELDS <= set(bound)
-    assert bound["data"] == "moons" and bound["T"] == 20
     for key in ("nats_per_dim", "bits_per_dim", "stderr", "seconds"):
         assert math.isfinite(bound[key]), key
     assert set(bound["terms"]) == {"reconstruction", "denoising", "prior"}
     assert all(math.isfinite(v) for v in bound["terms"].values())
     assert math.isclose(sum(bound["terms"].values()), bound["nats_per_dim"], rel_tol=1e-6, abs_tol=1e-6)
     assert math.isclose(bound["bits_per_dim"], bound["nats_per_dim"] / math.log(2), rel_tol=1e-9)
-    assert len(bound["denoising_per_step"]) == 19 and all(math.isfinite(v) for v in bound["denoising_per_step"])
+    assert all(math.isfinite(v) for v in bound["denoising_per_step"])
     assert bound["stderr"] > 0
-    assert bound["true_entropy_per_dim"] is None  # moons: unknown
+
+
+def test_elbo_json_has_every_field(moons_run, tmp_path, capsys):
+    path = tmp_path / "bound.json"
+    assert main(["diffusion", "elbo", str(moons_run), "--json", str(path), "--max-examples", "200"]) == 0
+    printed = capsys.readouterr().out
+    assert "nats/dim" in printed and "bits/dim" in printed and "±" in printed and "T = 20 steps" in printed
+    bound = json.loads(path.read_text())
+    _check_bound(bound)
+    assert bound["data"] == "moons" and bound["model"] == "vdm" and bound["bound"] == "continuous time"
+    assert bound["T"] is None and bound["num_examples"] == 200
+    discrete = bound["discrete_time"]
+    assert discrete["T"] == 20 and discrete["num_examples"] == 200
+    assert math.isclose(sum(discrete["terms"].values()), discrete["nats_per_dim"], rel_tol=1e-6, abs_tol=1e-6)
+    assert len(bound["denoising_per_step"]) == 20 and bound["denoising_per_step_T"] == 20
+    assert bound["true_entropy_per_dim"] is None and bound["gap_to_test_nll"] is None  # moons: unknown
     assert bound["categorical_baseline_bits_per_dim"] is None and bound["uniform_bits_per_dim"] is None
     assert (moons_run / "elbo_per_step.png").stat().st_size > 0
+
+
+def test_ddpm_elbo_json_and_the_gap_to_the_exact_density(ddpm_run, tmp_path, capsys):
+    path = tmp_path / "bound.json"
+    assert main(["diffusion", "elbo", str(ddpm_run), "--json", str(path), "--max-examples", "300"]) == 0
+    assert "paired" in capsys.readouterr().out
+    bound = json.loads(path.read_text())
+    _check_bound(bound)
+    assert bound["model"] == "ddpm" and bound["bound"] == "discrete time" and bound["T"] == 20
+    assert bound["discrete_time"] is None and len(bound["denoising_per_step"]) == 19
+    assert bound["true_entropy_per_dim"] == pytest.approx(0.156074, abs=1e-6)
+    assert math.isclose(bound["gap_to_entropy"], bound["nats_per_dim"] - bound["true_entropy_per_dim"], rel_tol=1e-9)
+    # The paired gap uses the same 300 examples' exact -log p: it adds up with the test-set mean.
+    assert math.isclose(bound["gap_to_test_nll"] + bound["test_nll_per_dim"], bound["nats_per_dim"], rel_tol=1e-6)
+    assert 0 < bound["gap_to_test_nll_stderr"]
 
 
 def test_sample_writes_png(moons_run, tmp_path, capsys):
@@ -67,8 +103,9 @@ def test_sample_writes_png(moons_run, tmp_path, capsys):
 
 
 def test_resume_continues_from_the_checkpoint(tmp_path):
+    # ddpm's recipe keeps a constant step size, so a finished run may be extended.
     out = tmp_path / "resumed"
-    base = ["diffusion", "train", "--data", "moons", "--seed", "0", "--out", str(out), *TINY]
+    base = ["diffusion", "train", "--data", "moons", "--model", "ddpm", "--seed", "0", "--out", str(out), *TINY]
     assert main([*base, "--steps", "20"]) == 0
     first = np.load(out / "loss_trace.npy")
     assert main([*base, "--steps", "30", "--resume"]) == 0
@@ -76,6 +113,15 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     trace = np.load(out / "loss_trace.npy")
     assert meta["steps_done"] == 30 and trace.shape == (30,)
     np.testing.assert_array_equal(trace[:20], first)  # the first 20 steps were not redone
+
+
+def test_resume_of_a_decaying_step_size_keeps_the_steps(moons_run, capsys):
+    # vdm's step size decays over the run's steps: more steps would change the steps already done.
+    code = main(["diffusion", "train", "--data", "moons", "--steps", "40", "--seed", "0", "--out", str(moons_run),
+                 "--resume", *TINY])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "steps" in err and "decays" in err
 
 
 def test_resume_with_other_settings_is_refused(moons_run, capsys):
@@ -130,11 +176,16 @@ def test_dir_without_a_run_exits_2(tmp_path, capsys):
 
 def test_recipes_cover_every_data_set():
     assert set(DEFAULTS) == {"gmm8", "checkerboard", "moons", "digits", "gmm8_quantized", "file"}
-    for name, recipe in DEFAULTS.items():
-        assert recipe["T"] == 1000 and recipe["batch_size"] == 512 and recipe["ema_decay"] == 0.999
-        assert recipe["loss"] in ("vlb_importance", "hybrid")
-    assert DEFAULTS["digits"]["network"]["kind"] == "conv"
+    for name, recipes in DEFAULTS.items():
+        assert set(recipes) == {"vdm", "ddpm"}
+        assert recipes["vdm"]["model"] == "vdm" and recipes["vdm"]["schedule"] == "learned"
+        assert recipes["ddpm"]["model"] == "ddpm" and recipes["ddpm"]["loss"] == "hybrid"
+        assert recipes["vdm"]["T"] == recipes["ddpm"]["T"] == 1000
+    assert make_recipe("gmm8")["model"] == "vdm"
+    assert make_recipe("gmm8", {"model": "ddpm"})["variance"] == "learned_range"
     assert make_recipe("some/file.csv", {"width": 8})["network"]["width"] == 8
+    with pytest.raises(ElboxError, match="unknown vdm recipe setting 'loss'"):
+        make_recipe("gmm8", {"loss": "simple"})
 
 
 def test_sampler_draws_the_exact_reverse_process_for_standard_normal_data():

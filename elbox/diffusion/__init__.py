@@ -26,8 +26,11 @@ Modules:
   quantised gmm8), two moons, the 8x8 digits, and the user's own arrays.
 * ``networks``: equinox denoisers predicting the noise (an MLP with Fourier time features, a
   small convolutional net for 8x8 images), optionally with improved DDPM's variance output.
+* ``vdm``: variational diffusion models (Kingma et al. 2021): the continuous-time bound with a
+  learned monotone noise schedule, in the same three terms, its discrete-time version with T
+  steps, training by the bound with antithetic time, and ancestral sampling.
 * ``train``: the optax training loop in compiled chunks, with EMA weights and checkpoints from
   which an interrupted run resumes to exactly the uninterrupted result.
 * ``sample``: ancestral sampling from the learned reverse process.
-* ``run``: per-data-set recipes and the run folders behind ``elbox diffusion train|elbo|sample``.
+* ``run``: per-data-set recipes (vdm by default, ddpm on request) and the run folders behind ``elbox diffusion train|elbo|sample``.
 """

@@ -605,26 +605,13 @@ def _read_npy(path: Path) -> np.ndarray:
     return array.astype(np.float64)
 
 
-def load_array(path, levels: int | None = None, seed: int = 0) -> Dataset:
-    """A user's data from a ``.npy`` or ``.csv`` file of shape (n, d), split 90/10 into train/test.
+def read_array(path, levels: int | None = None) -> np.ndarray:
+    """The checked array of shape (n, d) in a ``.npy`` or ``.csv`` file (float64).
 
-    The file is checked before anything starts; a :class:`~elbox.errors.DataError` names the
-    problem: no such file, an unknown extension, not 2-D, NaN or infinity (with the first
-    position), fewer than 10 rows, and with ``levels=K`` values that are not integers in 0..K-1.
-    A CSV file is comma-separated numbers; a first line that does not parse as numbers is taken
-    as a header and skipped.
-
-    Split: a permutation from ``numpy.random.default_rng(seed)``; the first round(n / 10) rows
-    of the permuted data are the test set, the rest the training set.
-
-    Model units: continuous data are centred per column and divided by the overall standard
-    deviation s of the centred training data (scale = 1/s, log_jacobian_per_dim = -log s);
-    discrete data with K levels map to -1 ... 1 (scale 2/(K-1)).
-
-    Args:
-        path: the file.
-        levels: None for continuous data, or K for data on the integers 0..K-1.
-        seed: seeds the train/test permutation.
+    A :class:`~elbox.errors.DataError` names the problem: no such file, an unknown extension,
+    not 2-D, no columns, NaN or infinity (with the first position), and with ``levels=K`` values
+    that are not integers in 0..K-1. A CSV file is comma-separated numbers; a first line that
+    does not parse as numbers is taken as a header and skipped.
     """
     path = Path(path)
     if not path.exists():
@@ -644,17 +631,45 @@ def load_array(path, levels: int | None = None, seed: int = 0) -> Dataset:
         hint = " (a single column? reshape it to (n, 1))" if array.ndim == 1 else ""
         raise DataError(f"{path} holds an array of shape {array.shape}; expected 2-D (rows, columns){hint}")
     n, d = array.shape
+    if n == 0:
+        raise DataError(f"{path} has no rows")
     if d == 0:
         raise DataError(f"{path} has {n} rows but no columns")
     _check_finite(array, str(path))
+    if levels is not None:
+        _check_levels_values(array, levels, str(path))
+    return array
+
+
+def load_array(path, levels: int | None = None, seed: int = 0) -> Dataset:
+    """A user's data from a ``.npy`` or ``.csv`` file of shape (n, d), split 90/10 into train/test.
+
+    The file is checked before anything starts (:func:`read_array`), and it needs at least 10
+    rows.
+
+    Split: a permutation from ``numpy.random.default_rng(seed)``; the first round(n / 10) rows
+    of the permuted data are the test set, the rest the training set.
+
+    Model units: continuous data are centred per column and divided by the overall standard
+    deviation s of the centred training data (scale = 1/s, log_jacobian_per_dim = -log s);
+    discrete data with K levels map to -1 ... 1 (scale 2/(K-1)).
+
+    Args:
+        path: the file.
+        levels: None for continuous data, or K for data on the integers 0..K-1.
+        seed: seeds the train/test permutation.
+    """
+    path = Path(path)
+    array = read_array(path, levels)
+    if levels is not None:
+        levels = _check_levels(levels)
+    n, d = array.shape
     n_test = max(1, round(TEST_FRACTION * n))
     if n < MIN_ROWS or n - n_test < 1:
         raise DataError(
             f"{path} has only {n} row(s); at least {MIN_ROWS} are needed to split off a test set "
             f"({int(TEST_FRACTION * 100)}%) and still train"
         )
-    if levels is not None:
-        _check_levels_values(array, levels, str(path))
     permutation = np.random.default_rng(seed).permutation(n)
     test = array[permutation[:n_test]].astype(np.float32)
     train = array[permutation[n_test:]].astype(np.float32)
@@ -711,6 +726,27 @@ BUILTINS: dict[str, Callable[..., Dataset]] = {
     "gmm8_quantized": gmm8_quantized,
     "digits": digits,
 }
+
+
+def exact_log_density(name: str) -> Callable[[np.ndarray], np.ndarray] | None:
+    """For a built-in data set whose distribution is known exactly, the function taking examples
+    of shape (n, d) in original units to log p(x) per example (a density for continuous data, the
+    probability of the bin for discrete data), in nats summed over dimensions, float64; else None.
+
+    The test-set mean of -log p(x) / d estimates the true entropy per dimension with the same
+    examples as a bound, so bound - (-log p) per example gives the gap with a small standard error.
+    """
+    if name == "gmm8":
+        return lambda x: np.asarray(gmm8_log_density(np.asarray(x, np.float64)), np.float64)
+    if name == "checkerboard":
+        return lambda x: np.asarray(checkerboard_log_density(np.asarray(x, np.float64)), np.float64)
+    if name == "gmm8_quantized":
+        def log_probability(x):
+            k = np.asarray(x).astype(np.int64)
+            return np.log(gmm8_quantized_probabilities()[k[:, 0], k[:, 1]])
+
+        return log_probability
+    return None
 
 
 def builtin_names() -> list[str]:

@@ -346,6 +346,8 @@ class BoundEstimate(NamedTuple):
             mean of the draws at each t, NaN where none fell).
         estimator: ``"sum over all T steps"`` or ``"T × one uniformly sampled t"``.
         num_examples, num_dims, num_t_samples: the sizes behind the estimate.
+        per_example: every example's bound, nats, shape (num_examples,) (for paired comparisons
+            with an exact -log p(x0)).
     """
 
     nats: Estimate
@@ -359,6 +361,7 @@ class BoundEstimate(NamedTuple):
     num_examples: int
     num_dims: int
     num_t_samples: int | None
+    per_example: np.ndarray | None = None
 
 
 def bound_estimate(key, schedule, eps_fn, data, variance="beta_tilde", decoder=Gaussian(), num_t_samples=None, batch_size=256):
@@ -443,4 +446,5 @@ def bound_estimate(key, schedule, eps_fn, data, variance="beta_tilde", decoder=G
         num_examples=n,
         num_dims=num_dims,
         num_t_samples=num_t_samples,
+        per_example=out["total"],
     )

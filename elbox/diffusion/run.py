@@ -29,16 +29,19 @@ from typing import Any, NamedTuple
 import equinox as eqx
 import jax
 import numpy as np
+import optax
 
 from elbox.diffusion.data import (
     Dataset,
     builtin_names,
     check_width,
+    exact_log_density,
     get_dataset,
     independent_categorical_baseline_bits_per_dim,
-    load_array,
+    read_array,
     uniform_bits_per_dim,
 )
+from elbox.diffusion import vdm
 from elbox.diffusion.decoders import DiscretizedGaussian, Gaussian
 from elbox.diffusion.elbo import bound_estimate
 from elbox.diffusion.networks import ConvDenoiser, MLPDenoiser, as_eps_fn
@@ -50,36 +53,42 @@ RUN_FILE = "run.json"
 MODEL_FILE = "model.eqx"
 TRACE_FILE = "loss_trace.npy"
 CHECKPOINT_DIR = "checkpoints"
-DEFAULT_MAX_EXAMPLES = 1000
 
 _MLP_2D = {"kind": "mlp", "width": 256, "depth": 3, "fourier_features": 16}
 
-# Loss: L_hybrid with improved DDPM's learned variance range. On gmm8 (T = 1000, same wall time
-# on the 2-core CPU this was written on) it gave a much better test bound than vlb_importance:
-# 27,000 hybrid steps in 91 s, 0.344 +- 0.030 nats/dim (entropy 0.156), against 9,000
-# vlb_importance steps in 136 s, 1.84 +- 0.02 nats/dim (measured while the importance-sampling
-# history was still updated by a sequential scan over the batch, since vectorised).
-# Steps: the 2-D recipe (MLP 256 x 3, batch 512) ran at about 295 steps/s there, so 100,000 steps
-# take about 6 minutes. The digits' ConvDenoiser ran at about 0.6 steps/s there (batch 512), so
-# its 4,000 steps take about 2 hours on such a CPU; it is meant for a GPU.
-_RECIPE_2D = {
-    "T": 1000, "schedule": "cosine", "network": _MLP_2D, "loss": "hybrid",
-    "variance": "learned_range", "batch_size": 512, "learning_rate": 1e-3, "steps": 100_000,
+# Two models. "vdm": the continuous-time bound with a learned schedule (Kingma et al. 2021),
+# trained on the bound itself; its discrete-time bound with T steps is reported beside it and T
+# is its sampler's number of steps. "ddpm": T discrete steps on a fixed cosine schedule,
+# trained on L_hybrid with improved DDPM's learned variance range.
+#
+# Measured on gmm8 on a 2-core CPU (test bound, nats/dim; entropy 0.156): vdm with the MLP
+# 256 x 3, batch 512, Adam 1e-3 with cosine decay, 20,000 steps in 75 s: 0.178 +- 0.009 (gap to
+# the test set's -log p 0.021 +- 0.008). ddpm hybrid/learned_range, 27,000 steps in 91 s:
+# 0.344 +- 0.030; ddpm vlb_importance, 9,000 steps in 136 s: 1.84 +- 0.02. At about 265 vdm
+# steps/s there, 80,000 steps take about 5 minutes.
+_VDM_2D = {
+    "model": "vdm", "schedule": "learned", "gamma_0": -13.3, "gamma_1": 5.0, "T": 1000, "network": _MLP_2D,
+    "batch_size": 512, "learning_rate": 1e-3, "learning_rate_decay": "cosine", "steps": 80_000,
     "ema_decay": 0.999, "checkpoint_every": 5_000,
 }
-DEFAULTS: dict[str, dict[str, Any]] = {
-    **{name: copy.deepcopy(_RECIPE_2D) for name in ("gmm8", "checkerboard", "moons", "gmm8_quantized")},
-    "digits": {
-        "T": 1000, "schedule": "cosine",
-        "network": {"kind": "conv", "channels": 32, "num_layers": 3, "fourier_features": 16},
-        "loss": "hybrid", "variance": "learned_range", "batch_size": 512, "learning_rate": 1e-3,
-        "steps": 4_000, "ema_decay": 0.999, "checkpoint_every": 500,
-    },
-    "file": copy.deepcopy(_RECIPE_2D),
+_DDPM_2D = {
+    "model": "ddpm", "T": 1000, "schedule": "cosine", "network": _MLP_2D, "loss": "hybrid",
+    "variance": "learned_range", "batch_size": 512, "learning_rate": 1e-3, "learning_rate_decay": "constant",
+    "steps": 100_000, "ema_decay": 0.999, "checkpoint_every": 5_000,
 }
-RECIPE_KEYS = tuple(DEFAULTS["gmm8"])
-NETWORK_KEYS = {"kind", "width", "depth", "channels", "num_layers", "fourier_features"}
+_DIGITS_NETWORK = {"kind": "mlp", "width": 512, "depth": 3, "fourier_features": 16}
+_VDM_DIGITS = {**_VDM_2D, "network": _DIGITS_NETWORK, "batch_size": 256, "steps": 20_000, "checkpoint_every": 2_000}
+_DDPM_DIGITS = {**_DDPM_2D, "network": _DIGITS_NETWORK, "batch_size": 256, "steps": 20_000, "checkpoint_every": 2_000}
 
+MODELS = ("vdm", "ddpm")
+DEFAULT_MODEL = "vdm"
+DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    **{name: {"vdm": _VDM_2D, "ddpm": _DDPM_2D} for name in ("gmm8", "checkerboard", "moons", "gmm8_quantized", "file")},
+    "digits": {"vdm": _VDM_DIGITS, "ddpm": _DDPM_DIGITS},
+}
+NETWORK_KEYS = {"kind", "width", "depth", "channels", "num_layers", "fourier_features"}
+DISCRETE_EVAL_MAX_EXAMPLES = 1000  # each costs T network evaluations
+CONTINUOUS_T_SAMPLES = 128
 
 class RunError(ElboxError):
     """A run folder cannot be used (no run in it, a damaged file, settings that do not match)."""
@@ -90,8 +99,8 @@ class Run(NamedTuple):
 
     Attributes:
         meta: the contents of run.json.
-        network: the EMA denoiser.
-        schedule: its noise schedule (float64).
+        network: the EMA network (a denoiser, or a :class:`~elbox.diffusion.vdm.VDM`).
+        schedule: its noise schedule (float64; None for a vdm, whose schedule is in ``network``).
         decoder: ``Gaussian()`` or ``DiscretizedGaussian(...)`` in model units.
         out_dir: the run's folder.
     """
@@ -122,30 +131,51 @@ def recipe_name(data_spec: str) -> str:
 
 
 def make_recipe(data_spec: str, overrides: dict | None = None) -> dict:
-    """The default recipe for ``data_spec`` with ``overrides`` applied (``network`` entries are
-    merged into the network's settings; ``width``/``depth``/``channels``/``num_layers`` may also
-    be given at the top level).
+    """The default recipe for ``data_spec`` with ``overrides`` applied: ``model`` (``"vdm"`` or
+    ``"ddpm"``) picks the recipe, ``network`` entries are merged into the network's settings
+    (``width``/``depth``/``channels``/``num_layers`` may also be given at the top level), and any
+    other entry replaces the recipe's.
 
     Raises:
-        RunError: an unknown setting.
+        RunError: an unknown model or setting.
     """
-    recipe = copy.deepcopy(DEFAULTS[recipe_name(data_spec)])
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    model = overrides.pop("model", DEFAULT_MODEL)
+    if model not in MODELS:
+        raise RunError(f"unknown model {model!r}; choose {' or '.join(MODELS)}")
+    recipe = copy.deepcopy(DEFAULTS[recipe_name(data_spec)][model])
+    keys = set(recipe)
+    for key, value in overrides.items():
         if key == "network":
             recipe["network"].update(value)
         elif key in NETWORK_KEYS - {"kind"}:
             recipe["network"][key] = value
-        elif key in RECIPE_KEYS:
+        elif key in keys:
             recipe[key] = value
         else:
-            raise RunError(f"unknown recipe setting {key!r}; settings are {', '.join(RECIPE_KEYS)} and network's {', '.join(sorted(NETWORK_KEYS))}")
+            raise RunError(
+                f"unknown {model} recipe setting {key!r}; settings are {', '.join(sorted(keys))} and the "
+                f"network's {', '.join(sorted(NETWORK_KEYS))}"
+            )
     return recipe
 
 
+def build_learning_rate(recipe: dict):
+    """Adam's step size: constant, or a cosine decay from ``learning_rate`` to 1% of it over the
+    recipe's steps (a run's last steps then average out the gradient noise)."""
+    rate, decay = float(recipe["learning_rate"]), recipe.get("learning_rate_decay", "constant")
+    if decay == "constant":
+        return rate
+    if decay == "cosine":
+        return optax.cosine_decay_schedule(rate, int(recipe["steps"]), alpha=0.01)
+    raise RunError(f"unknown learning_rate_decay {decay!r}; choose constant or cosine")
+
+
 def build_schedule(recipe: dict):
-    """The recipe's noise schedule (``cosine`` or ``linear``) with T steps."""
+    """The recipe's noise schedule (``cosine`` or ``linear``) with T steps; None for a vdm, whose
+    schedule is learned with the network."""
+    if recipe["model"] == "vdm":
+        return None
     if recipe["schedule"] == "cosine":
         return cosine_schedule(recipe["T"])
     if recipe["schedule"] == "linear":
@@ -156,10 +186,25 @@ def build_schedule(recipe: dict):
     raise RunError(f"unknown schedule {recipe['schedule']!r}; choose cosine or linear")
 
 
+def build_model(key, recipe: dict, dim: int):
+    """The recipe's network: a denoiser (``ddpm``) or a :class:`~elbox.diffusion.vdm.VDM` holding
+    a denoiser and its learned schedule (``vdm``)."""
+    if recipe["model"] == "ddpm":
+        return build_network(key, recipe, dim)
+    if recipe["schedule"] not in vdm.SCHEDULES:
+        raise RunError(f"unknown vdm schedule {recipe['schedule']!r}; choose {' or '.join(vdm.SCHEDULES)}")
+    key_denoiser, key_schedule = jax.random.split(key)
+    try:
+        return vdm.VDM(key_schedule, build_network(key_denoiser, recipe, dim), recipe["gamma_0"], recipe["gamma_1"],
+                       learn_schedule=recipe["schedule"] == "learned")
+    except ValueError as error:
+        raise RunError(str(error)) from None
+
+
 def build_network(key, recipe: dict, dim: int):
     """The recipe's denoiser for examples of length ``dim``."""
     net = recipe["network"]
-    learn_variance = recipe["variance"] == "learned_range"
+    learn_variance = recipe.get("variance") == "learned_range"
     if net["kind"] == "mlp":
         return MLPDenoiser(key, dim, width=net["width"], depth=net["depth"],
                            fourier_features=net.get("fourier_features", 16), learn_variance=learn_variance)
@@ -248,7 +293,7 @@ def train_run(data_spec, steps: int | None, seed: int, out_dir, resume: bool = F
     schedule = build_schedule(recipe)
     scaling = _scaling(data)
     key_init, key_train = _keys(seed)
-    network = build_network(key_init, recipe, data.dim)
+    network = build_model(key_init, recipe, data.dim)
     decoder = build_decoder(data.levels, scaling)
     meta = {
         "format_version": FORMAT_VERSION,
@@ -266,10 +311,11 @@ def train_run(data_spec, steps: int | None, seed: int, out_dir, resume: bool = F
         "steps_done": 0,
     }
     _write_json(run_file, meta)
+    is_vdm = recipe["model"] == "vdm"
     result = train(
         key_train, data.to_model(data.train), schedule=schedule, network=network, steps=recipe["steps"],
-        batch_size=recipe["batch_size"], learning_rate=recipe["learning_rate"], loss=recipe["loss"],
-        variance=recipe["variance"], decoder=decoder, ema_decay=recipe["ema_decay"],
+        batch_size=recipe["batch_size"], learning_rate=build_learning_rate(recipe),
+        loss="vdm" if is_vdm else recipe["loss"], variance="beta_tilde" if is_vdm else recipe["variance"], decoder=decoder, ema_decay=recipe["ema_decay"],
         checkpoint_every=recipe["checkpoint_every"], checkpoint_dir=out_dir / CHECKPOINT_DIR, resume=resume,
         progress=progress,
     )
@@ -289,15 +335,18 @@ def train_run(data_spec, steps: int | None, seed: int, out_dir, resume: bool = F
 
 
 def _check_same_run(stored: dict, spec, levels, seed, recipe):
+    # More steps may be asked of a resumed run, unless its step size decays over the steps.
+    free = {"steps"} if recipe.get("learning_rate_decay", "constant") == "constant" else set()
     now = {"data": spec, "levels": levels, "seed": int(seed),
-           "recipe": {k: v for k, v in recipe.items() if k != "steps"}}
+           "recipe": {k: v for k, v in recipe.items() if k not in free}}
     before = {"data": stored.get("data"), "levels": stored.get("levels"), "seed": stored.get("seed"),
-              "recipe": {k: v for k, v in stored.get("recipe", {}).items() if k != "steps"}}
+              "recipe": {k: v for k, v in stored.get("recipe", {}).items() if k not in free}}
     different = [f"{k}: run {before[k]!r}, now {now[k]!r}" for k in now if before[k] != now[k]]
     if different:
         raise RunError(
             "--resume continues the run saved in the folder, but these settings differ: " + "; ".join(different)
-            + ". Resume with the same settings, or train into another folder."
+            + ". Resume with the same settings (a run whose step size decays over its steps keeps its "
+            "number of steps), or train into another folder."
         )
 
 
@@ -337,7 +386,7 @@ def load_run(out_dir) -> Run:
             f"`elbox diffusion train --data {meta['data']} --out {out_dir} --resume`"
         )
     recipe = meta["recipe"]
-    like = build_network(_keys(meta["seed"])[0], recipe, meta["dim"])
+    like = build_model(_keys(meta["seed"])[0], recipe, meta["dim"])
     try:
         network = eqx.tree_deserialise_leaves(model_file, like)
     except Exception as error:  # a truncated or foreign file
@@ -351,90 +400,139 @@ def load_trace(out_dir) -> np.ndarray:
 
 
 # -- bound ---------------------------------------------------------------------------------------
-def _evaluation_data(run: Run, data_path, max_examples: int | None):
-    """(name, rows in original units, the Dataset of the training data or None)."""
+def _evaluation_data(run: Run, data_path):
+    """(name, rows in original units, the Dataset of the training data or None, the name of the
+    built-in data set the rows are the test set of, or None)."""
     meta = run.meta
     if data_path is None:
         data = _dataset_of(meta)
-        rows, name = data.test, meta["data"]
-    else:
-        spec = os.fspath(data_path)
-        if spec in builtin_names():
-            data = get_dataset(spec, seed=meta["seed"])
-            rows = data.test
-            if data.levels != meta["levels"]:
-                raise DataError(f"{spec} has levels {data.levels}, but the run was trained with levels {meta['levels']}")
-        else:
-            loaded = load_array(spec, levels=meta["levels"])  # all checks: file, NaN, levels
-            rows = np.concatenate([loaded.train, loaded.test])
-        check_width(rows, meta["dim"], what=f"the evaluation data {spec}")
-        name, data = spec, None
-    if max_examples is not None:
-        rows = rows[: int(max_examples)]
-    return name, rows, data
+        return meta["data"], data.test, data, meta["data"] if meta["data"] in builtin_names() else None
+    spec = os.fspath(data_path)
+    if spec in builtin_names():
+        data = get_dataset(spec, seed=meta["seed"])
+        if data.levels != meta["levels"]:
+            raise DataError(f"{spec} has levels {data.levels}, but the run was trained with levels {meta['levels']}")
+        check_width(data.test, meta["dim"], what=f"the evaluation data {spec}")
+        return spec, data.test, None, spec
+    rows = read_array(spec, levels=meta["levels"]).astype(np.float32)  # all checks: file, NaN, levels
+    check_width(rows, meta["dim"], what=f"the evaluation data {spec}")
+    return spec, rows, None, None
 
 
-def elbo_run(out_dir, data_path=None, seed: int = 0, max_examples: int | None = DEFAULT_MAX_EXAMPLES,
-             batch_size: int | None = None) -> dict:
+def _terms(estimate, log_jacobian: float) -> dict:
+    d = estimate.num_dims
+    return {
+        "reconstruction": estimate.reconstruction / d - log_jacobian,
+        "denoising": estimate.denoising / d,
+        "prior": estimate.prior / d,
+    }
+
+
+def elbo_run(out_dir, data_path=None, seed: int = 0, max_examples: int | None = None,
+             batch_size: int | None = None, num_t_samples: int = CONTINUOUS_T_SAMPLES) -> dict:
     """The bound on -log p(x) per dimension of the run's EMA network on its test set (or on the
-    file ``data_path``, same width, same scaling as training), summed over all T steps, in the
-    data's ORIGINAL units.
+    file ``data_path``, same width, same scaling as training), in the data's ORIGINAL units.
+
+    A ``ddpm`` run's bound is the sum of all its T steps' terms. A ``vdm`` run's bound is the
+    continuous-time bound (``num_t_samples`` stratified t per example); beside it,
+    ``discrete_time`` holds the same model's bound with the recipe's T steps.
 
     Returns:
-        a JSON-ready dict: ``data``, ``T``, ``num_examples``, ``nats_per_dim``, ``bits_per_dim``,
-        ``stderr`` (of nats_per_dim), ``stderr_bits``, ``terms`` (``reconstruction``,
-        ``denoising``, ``prior``, nats per dim; they add up to nats_per_dim: the change of units,
-        -log_jacobian_per_dim, is part of the reconstruction term, the decoder being the density
-        on the data), ``denoising_per_step`` (mean L_{t-1} for t = 2..T, nats per dim),
-        ``true_entropy_per_dim`` (nats, or None) and ``gap_to_entropy`` (nats per dim, or None),
+        a JSON-ready dict: ``data``, ``model``, ``bound`` (``"continuous time"`` or ``"discrete
+        time"``), ``T`` (the discrete steps summed over; None for the continuous-time bound),
+        ``num_examples``, ``nats_per_dim``, ``bits_per_dim``, ``stderr`` (of nats_per_dim),
+        ``stderr_bits``, ``terms`` (``reconstruction``, ``denoising``, ``prior``, nats per dim;
+        they add up to nats_per_dim: the change of units, -log_jacobian_per_dim, is part of the
+        reconstruction term, the decoder being the density on the data), ``denoising_per_step``
+        (mean L_{t-1} for t = 2..T, nats per dim, of the discrete-time bound) with
+        ``denoising_per_step_T``, ``discrete_time`` (vdm: ``T``, ``num_examples``,
+        ``nats_per_dim``, ``bits_per_dim``, ``stderr``, ``terms``, ``estimator``; ddpm: None),
+        ``true_entropy_per_dim`` (nats, or None) and ``gap_to_entropy``, ``test_nll_per_dim``
+        (the mean exact -log p(x) / d of the examples evaluated, where the distribution is known)
+        with ``gap_to_test_nll`` and its ``gap_to_test_nll_stderr`` (the mean of bound - (-log p)
+        per example: the same examples on both sides, so a much smaller standard error),
         ``categorical_baseline_bits_per_dim`` and ``uniform_bits_per_dim`` (discrete data; else
         None), ``estimator``, ``seconds``.
 
-    ``max_examples`` caps the examples evaluated (the first ones of the test set or file; each
-    costs T network evaluations); ``batch_size`` examples go through one compiled call
-    (default: max(4, 128 // d)).
+    ``max_examples`` caps the examples evaluated (the first ones of the test set or file;
+    default: all for the continuous-time bound, 1000 for a discrete-time bound, whose examples
+    each cost T network evaluations); ``batch_size`` examples go through one compiled call.
     """
     tic = time.perf_counter()
     run = load_run(out_dir)
     meta = run.meta
-    name, rows, data = _evaluation_data(run, data_path, max_examples)
-    y = run.to_model(rows)
-    T = run.schedule.num_steps
-    if batch_size is None:  # examples per compiled call, each with all T steps: bound the memory
-        batch_size = max(4, 128 // run.dim)
-    estimate = bound_estimate(
-        jax.random.key(int(seed)), run.schedule, as_eps_fn(run.network, T), y,
-        variance=meta["recipe"]["variance"], decoder=run.decoder, batch_size=batch_size,
-    )
-    d = estimate.num_dims
+    recipe = meta["recipe"]
+    name, rows, data, builtin_test = _evaluation_data(run, data_path)
+    if max_examples is not None:
+        rows = rows[: int(max_examples)]
+    discrete_rows = rows[:DISCRETE_EVAL_MAX_EXAMPLES] if max_examples is None else rows
     log_jacobian = float(meta["scaling"]["log_jacobian_per_dim"])
-    nats_per_dim = float(estimate.nats_per_dim.value) - log_jacobian
-    stderr = float(estimate.nats_per_dim.stderr)
-    entropy = meta.get("true_entropy_per_dim") if data_path is None else None
+    key_main, key_discrete = jax.random.split(jax.random.key(int(seed)))
+    if batch_size is None:  # examples per compiled call, each with T steps: bound the memory
+        batch_size = max(4, 128 // run.dim)
+    if recipe["model"] == "vdm":
+        T = int(recipe["T"])
+        main = vdm.bound_estimate(key_main, run.network, run.to_model(rows), run.decoder, T=None,
+                                  num_t_samples=num_t_samples)
+        discrete = vdm.bound_estimate(key_discrete, run.network, run.to_model(discrete_rows), run.decoder, T=T,
+                                      batch_size=batch_size)
+        evaluated = rows
+        discrete_time = {
+            "T": T,
+            "num_examples": int(discrete.num_examples),
+            "nats_per_dim": float(discrete.nats_per_dim.value) - log_jacobian,
+            "bits_per_dim": (float(discrete.nats_per_dim.value) - log_jacobian) / math.log(2.0),
+            "stderr": float(discrete.nats_per_dim.stderr),
+            "terms": _terms(discrete, log_jacobian),
+            "estimator": discrete.estimator,
+        }
+        per_step, bound_kind, bound_T = discrete.denoising_per_step, "continuous time", None
+    else:
+        T = run.schedule.num_steps
+        main = bound_estimate(
+            key_main, run.schedule, as_eps_fn(run.network, T), run.to_model(discrete_rows),
+            variance=recipe["variance"], decoder=run.decoder, batch_size=batch_size,
+        )
+        evaluated, discrete_time = discrete_rows, None
+        per_step, bound_kind, bound_T = main.denoising_per_step, "discrete time", T
+    d = main.num_dims
+    nats_per_dim = float(main.nats_per_dim.value) - log_jacobian
+    stderr = float(main.nats_per_dim.stderr)
+    entropy = meta.get("true_entropy_per_dim") if builtin_test == meta["data"] else None
+    test_nll = gap_nll = gap_nll_stderr = None
+    log_density = exact_log_density(builtin_test) if builtin_test is not None else None
+    if log_density is not None:
+        nll = -log_density(evaluated) / d
+        gap = np.asarray(main.per_example, np.float64) / d - log_jacobian - nll
+        test_nll = float(nll.mean())
+        gap_nll, gap_nll_stderr = float(gap.mean()), float(gap.std(ddof=1) / math.sqrt(gap.size))
     categorical = uniform = None
     if meta["levels"] is not None:
         uniform = uniform_bits_per_dim(meta["levels"])
         train_data = data if data is not None else _dataset_of(meta)
-        categorical = independent_categorical_baseline_bits_per_dim(train_data.train, rows, meta["levels"])
+        categorical = independent_categorical_baseline_bits_per_dim(train_data.train, evaluated, meta["levels"])
     return {
         "data": name,
-        "T": T,
-        "num_examples": int(estimate.num_examples),
+        "model": recipe["model"],
+        "bound": bound_kind,
+        "T": bound_T,
+        "num_examples": int(main.num_examples),
         "nats_per_dim": nats_per_dim,
         "bits_per_dim": nats_per_dim / math.log(2.0),
         "stderr": stderr,
         "stderr_bits": stderr / math.log(2.0),
-        "terms": {
-            "reconstruction": estimate.reconstruction / d - log_jacobian,
-            "denoising": estimate.denoising / d,
-            "prior": estimate.prior / d,
-        },
-        "denoising_per_step": (np.asarray(estimate.denoising_per_step, np.float64) / d).tolist(),
+        "terms": _terms(main, log_jacobian),
+        "denoising_per_step": (np.asarray(per_step, np.float64) / d).tolist(),
+        "denoising_per_step_T": T,
+        "discrete_time": discrete_time,
         "true_entropy_per_dim": entropy,
         "gap_to_entropy": None if entropy is None else nats_per_dim - entropy,
+        "test_nll_per_dim": test_nll,
+        "gap_to_test_nll": gap_nll,
+        "gap_to_test_nll_stderr": gap_nll_stderr,
         "categorical_baseline_bits_per_dim": categorical,
         "uniform_bits_per_dim": uniform,
-        "estimator": estimate.estimator,
+        "estimator": main.estimator,
         "seconds": time.perf_counter() - tic,
     }
 
@@ -447,8 +545,11 @@ def sample_run(out_dir, n: int, seed: int = 0) -> np.ndarray:
 
     run = load_run(out_dir)
     recipe = run.meta["recipe"]
-    y = sample(jax.random.key(int(seed)), run.network, run.schedule, int(n), run.dim,
-               variance=recipe["variance"], decoder=run.decoder)
+    if recipe["model"] == "vdm":
+        y = vdm.sample(jax.random.key(int(seed)), run.network, int(n), run.dim, T=int(recipe["T"]), decoder=run.decoder)
+    else:
+        y = sample(jax.random.key(int(seed)), run.network, run.schedule, int(n), run.dim,
+                   variance=recipe["variance"], decoder=run.decoder)
     x = run.from_model(np.asarray(y))
     if run.meta["levels"] is not None:
         x = np.clip(np.rint(x), 0, run.meta["levels"] - 1)

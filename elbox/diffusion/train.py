@@ -38,13 +38,14 @@ from elbox.diffusion.elbo import (
     loss_vlb_uniform,
     update_importance_history,
 )
+from elbox.diffusion import vdm
 from elbox.diffusion.process import VARIANCES
 from elbox.errors import FittingError, SettingsError
 from elbox.loop import ChunkedLoop, choose_chunk_size
 from elbox.precision import full_precision
 from elbox.progress import ProgressBar
 
-LOSSES = ("vlb_importance", "vlb_uniform", "simple", "hybrid")
+LOSSES = ("vlb_importance", "vlb_uniform", "simple", "hybrid", "vdm")
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{9})\.json$")
 CHECKPOINTS_KEPT = 2
 FORMAT_VERSION = 1
@@ -126,7 +127,7 @@ def train(
     key: jax.Array,
     data,
     *,
-    schedule,
+    schedule=None,
     network,
     steps: int,
     batch_size: int = 512,
@@ -149,16 +150,19 @@ def train(
         key: a JAX PRNG key; step k uses ``fold_in(key, k)`` (minibatch, t and noise draws).
         data: the training examples along axis 0 (an array; each example of the network's input
             shape, e.g. (dim,), or (64,) for a flattened 8 x 8 image).
-        schedule: a :class:`~elbox.diffusion.schedules.Schedule` (cast to the data's dtype).
+        schedule: a :class:`~elbox.diffusion.schedules.Schedule` (cast to the data's dtype); None
+            for ``loss="vdm"``, whose schedule is part of the network.
         network: an equinox denoiser (:class:`~elbox.diffusion.networks.MLPDenoiser`,
-            :class:`~elbox.diffusion.networks.ConvDenoiser`); its inexact arrays are trained.
+            :class:`~elbox.diffusion.networks.ConvDenoiser`), or for ``loss="vdm"`` a
+            :class:`~elbox.diffusion.vdm.VDM`; its inexact arrays are trained.
         steps: the total number of optimisation steps (with ``resume``, counting those done).
         batch_size: examples per step, drawn uniformly with replacement.
         learning_rate: Adam's step size (float or optax schedule); ignored with ``optimizer``.
         optimizer: any optax ``GradientTransformation`` (default ``optax.adam(learning_rate)``).
         loss: ``"vlb_importance"`` (-ELBO, importance-sampled t), ``"vlb_uniform"`` (-ELBO,
             uniform t), ``"simple"`` (DDPM's L_simple) or ``"hybrid"`` (L_simple + vlb_weight
-            L_vlb); see :mod:`elbox.diffusion.elbo`.
+            L_vlb); see :mod:`elbox.diffusion.elbo`; or ``"vdm"``, the continuous-time bound of
+            :mod:`elbox.diffusion.vdm`.
         variance: the reverse variance: ``"beta_tilde"``, ``"beta"`` or ``"learned_range"``
             (needs a network built with ``learn_variance=True``).
         decoder: the reconstruction likelihood (``Gaussian()`` or ``DiscretizedGaussian()``).
@@ -195,7 +199,8 @@ def train(
         data = data.astype(jnp.result_type(float))
     settings = _check_settings(data, network, steps, batch_size, loss, variance, ema_decay,
                                checkpoint_every, checkpoint_dir, resume, schedule)
-    schedule = schedule.cast(data.dtype)
+    if schedule is not None:
+        schedule = schedule.cast(data.dtype)
     optimizer_given = optimizer is not None
     if optimizer is None:
         if not callable(learning_rate) and not (np.isfinite(learning_rate) and learning_rate > 0):
@@ -219,9 +224,12 @@ def train(
         key_batch, key_loss = jax.random.split(jax.random.fold_in(key, global_step))
         data = phase["data"]
         indices = jax.random.randint(key_batch, (batch_size,), 0, data.shape[0])
-        (value, info), grads = jax.value_and_grad(batch_loss, argnums=1, has_aux=True)(
-            key_loss, state.params, static, schedule, data[indices], loss, variance, decoder, state.history, vlb_weight
-        )
+        if loss == "vdm":
+            value, grads = vdm.loss_and_grad(key_loss, state.params, static, data[indices], decoder)
+        else:
+            (value, info), grads = jax.value_and_grad(batch_loss, argnums=1, has_aux=True)(
+                key_loss, state.params, static, schedule, data[indices], loss, variance, decoder, state.history, vlb_weight
+            )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         history = state.history
@@ -303,6 +311,13 @@ def _check_settings(data, network, steps, batch_size, loss, variance, ema_decay,
             raise SettingsError(f"{name} must be an integer >= {minimum}; got {value!r}.")
     if loss not in LOSSES:
         raise SettingsError(f"Unknown loss {loss!r}; choose one of {', '.join(LOSSES)}.")
+    if (loss == "vdm") != isinstance(network, vdm.VDM):
+        raise SettingsError(
+            'loss="vdm" trains a VDM (a denoiser with its learned schedule), and a VDM trains only on '
+            f'loss="vdm"; got loss={loss!r} and a {type(network).__name__}.'
+        )
+    if schedule is None and loss != "vdm":
+        raise SettingsError(f'loss={loss!r} needs the noise schedule of the discrete-time model (schedule=...).')
     if variance not in VARIANCES:
         raise SettingsError(f"Unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}.")
     if variance == "learned_range" and not getattr(network, "learn_variance", True):
@@ -332,7 +347,7 @@ def _check_settings(data, network, steps, batch_size, loss, variance, ema_decay,
         "variance": variance,
         "batch_size": int(batch_size),
         "ema_decay": float(ema_decay),
-        "num_diffusion_steps": int(schedule.num_steps),
+        "num_diffusion_steps": None if schedule is None else int(schedule.num_steps),
         "num_examples": int(data.shape[0]),
         "example_shape": list(data.shape[1:]),
         "dtype": str(data.dtype),

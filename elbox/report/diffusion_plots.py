@@ -23,26 +23,41 @@ MAX_BACKGROUND_POINTS = 5_000
 
 
 def per_step_plot(bound: dict, path: Path, title: str | None = None) -> Path:
-    """L_{t-1} (nats per dimension, mean over the test examples) against t = 2..T, log scale,
-    from :func:`elbox.diffusion.run.elbo_run`'s dict. Non-positive values (Monte Carlo noise in a
-    KL that is nearly zero cannot make it negative, but a learned model can make it tiny) are
-    clipped to the smallest positive value so that the log axis shows them."""
+    """The denoising terms (nats per dimension, mean over the test examples) against the step, log
+    scale, from :func:`elbox.diffusion.run.elbo_run`'s dict: L_{t-1} for t = 2..T of a ddpm run,
+    or the T steps' KLs of a vdm run's discrete-time bound against t = i / T. Non-positive values
+    (Monte Carlo noise in a KL that is nearly zero cannot make it negative, but a learned model can
+    make it tiny) are clipped to the smallest positive value so that the log axis shows them."""
     per_step = np.asarray(bound["denoising_per_step"], np.float64)
-    t = np.arange(2, per_step.size + 2)
     positive = per_step[per_step > 0]
     floor = positive.min() if positive.size else 1e-12
-    figure, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(t, np.maximum(per_step, floor), color="tab:blue", lw=1.0, label=r"$L_{t-1}$ (denoising)")
     terms = bound["terms"]
+    is_vdm = bound.get("model") == "vdm"
+    figure, ax = plt.subplots(figsize=(7, 4))
+    if is_vdm:
+        steps = bound["denoising_per_step_T"]
+        t = np.arange(1, per_step.size + 1) / steps
+        label = f"KL of step i (T = {steps})"
+        ax.set_xlabel("time t = i / T")
+        discrete = bound["discrete_time"]
+        summary = (
+            f"continuous-time bound {bound['nats_per_dim']:.4f} ± {bound['stderr']:.4f} nats/dim "
+            f"(T = {steps}: {discrete['nats_per_dim']:.4f} ± {discrete['stderr']:.4f})\n"
+            f"L_recon {terms['reconstruction']:.4f}, L_diffusion {terms['denoising']:.4f}, L_prior {terms['prior']:.2e}"
+        )
+    else:
+        t = np.arange(2, per_step.size + 2)
+        label = r"$L_{t-1}$ (denoising)"
+        ax.set_xlabel("diffusion step t")
+        summary = (
+            f"bound {bound['nats_per_dim']:.4f} ± {bound['stderr']:.4f} nats/dim; "
+            f"L_0 {terms['reconstruction']:.4f}, sum L_t-1 {terms['denoising']:.4f}, L_T {terms['prior']:.2e}"
+        )
+    ax.plot(t, np.maximum(per_step, floor), color="tab:blue", lw=1.0, label=label)
     ax.set_yscale("log")
-    ax.set_xlabel("diffusion step t")
     ax.set_ylabel("nats per dimension")
     heading = title or f"{bound['data']}: per-step terms of the bound"
-    ax.set_title(
-        f"{heading}\nbound {bound['nats_per_dim']:.4f} ± {bound['stderr']:.4f} nats/dim; "
-        f"L_0 {terms['reconstruction']:.4f}, sum L_t-1 {terms['denoising']:.4f}, L_T {terms['prior']:.2e}",
-        fontsize=9,
-    )
+    ax.set_title(f"{heading}\n{summary}", fontsize=9)
     ax.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
