@@ -316,8 +316,8 @@ def run_diffusion_elbo(args) -> int:
     from elbox.report.diffusion_plots import per_step_plot
 
     bound = elbo_run(args.run_dir, data_path=args.data, seed=args.seed, max_examples=args.max_examples)
-    where = f"T = {bound['T']}" if bound["T"] is not None else bound["bound"]
-    print(f"{bound['data']}: bound on -log p(x) over {bound['num_examples']} examples ({bound['estimator']}, {where})")
+    where = f", T = {bound['T']}" if bound["T"] is not None else ""
+    print(f"{bound['data']}: bound on -log p(x) over {bound['num_examples']} examples ({bound['estimator']}{where})")
     print(f"  nats/dim  {bound['nats_per_dim']:.4f} ± {bound['stderr']:.4f}")
     print(f"  bits/dim  {bound['bits_per_dim']:.4f} ± {bound['stderr_bits']:.4f}")
     terms = bound["terms"]

@@ -77,6 +77,10 @@ class MLPDenoiser(eqx.Module):
         learn_variance: also output v = tanh(.) in [-1, 1] for ``variance="learned_range"``.
         final_scale: factor on the last layer's initial weights (near 0: eps_hat starts near 0).
         dtype: the parameters' dtype (default: JAX's default float).
+        input_frequencies: angular frequencies omega of extra inputs sin(omega x_t), cos(omega x_t)
+            per coordinate. For data on a grid of bin width w, omega = 2 pi / w gives the position
+            of x_t within its bin, which the denoiser needs at low noise to move x_t onto the grid
+            (the Fourier features of the input in VDM, appendix C).
 
     ``__call__(x_t, t, num_steps) -> (eps_hat, v or None)`` for one example x_t of shape (dim,).
     """
@@ -86,16 +90,19 @@ class MLPDenoiser(eqx.Module):
     dim: int = eqx.field(static=True)
     fourier_features: int = eqx.field(static=True)
     learn_variance: bool = eqx.field(static=True)
+    input_frequencies: tuple = eqx.field(static=True)
 
     def __init__(self, key, dim: int, width: int = 256, depth: int = 3, fourier_features: int = 16,
-                 learn_variance: bool = False, final_scale: float = FINAL_SCALE, dtype=None):
+                 learn_variance: bool = False, final_scale: float = FINAL_SCALE, dtype=None,
+                 input_frequencies: tuple = ()):
         if depth < 1 or width < 1 or dim < 1 or fourier_features < 1:
             raise ValueError(
                 f"MLPDenoiser needs dim, width, depth and fourier_features >= 1; got dim={dim}, "
                 f"width={width}, depth={depth}, fourier_features={fourier_features}."
             )
         keys = jax.random.split(key, depth + 1)
-        sizes = [dim + 2 * fourier_features] + [width] * depth
+        self.input_frequencies = tuple(float(w) for w in input_frequencies)
+        sizes = [dim * (1 + 2 * len(self.input_frequencies)) + 2 * fourier_features] + [width] * depth
         self.layers = tuple(
             eqx.nn.Linear(sizes[i], sizes[i + 1], key=keys[i], dtype=dtype) for i in range(depth)
         )
@@ -112,7 +119,9 @@ class MLPDenoiser(eqx.Module):
                 f"{x_t.shape}. Batch with jax.vmap, and flatten images to vectors."
             )
         dtype = self.final.weight.dtype
-        h = jnp.concatenate([x_t.astype(dtype), fourier_features(t, num_steps, self.fourier_features, dtype)])
+        x = x_t.astype(dtype)
+        periodic = [f(omega * x) for omega in self.input_frequencies for f in (jnp.sin, jnp.cos)]
+        h = jnp.concatenate([x, *periodic, fourier_features(t, num_steps, self.fourier_features, dtype)])
         for layer in self.layers:
             h = jax.nn.silu(layer(h))
         eps_hat, v = _split_output(self.final(h), self.dim, self.learn_variance)

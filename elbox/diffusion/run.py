@@ -86,7 +86,7 @@ DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     **{name: {"vdm": _VDM_2D, "ddpm": _DDPM_2D} for name in ("gmm8", "checkerboard", "moons", "gmm8_quantized", "file")},
     "digits": {"vdm": _VDM_DIGITS, "ddpm": _DDPM_DIGITS},
 }
-NETWORK_KEYS = {"kind", "width", "depth", "channels", "num_layers", "fourier_features"}
+NETWORK_KEYS = {"kind", "width", "depth", "channels", "num_layers", "fourier_features", "grid_features"}
 DISCRETE_EVAL_MAX_EXAMPLES = 1000  # each costs T network evaluations
 CONTINUOUS_T_SAMPLES = 128
 
@@ -186,28 +186,32 @@ def build_schedule(recipe: dict):
     raise RunError(f"unknown schedule {recipe['schedule']!r}; choose cosine or linear")
 
 
-def build_model(key, recipe: dict, dim: int):
+def build_model(key, recipe: dict, dim: int, bin_width: float | None = None):
     """The recipe's network: a denoiser (``ddpm``) or a :class:`~elbox.diffusion.vdm.VDM` holding
-    a denoiser and its learned schedule (``vdm``)."""
+    a denoiser and its learned schedule (``vdm``). ``bin_width``: the width of the data's bins
+    in model units (discrete data), else None."""
     if recipe["model"] == "ddpm":
-        return build_network(key, recipe, dim)
+        return build_network(key, recipe, dim, bin_width)
     if recipe["schedule"] not in vdm.SCHEDULES:
         raise RunError(f"unknown vdm schedule {recipe['schedule']!r}; choose {' or '.join(vdm.SCHEDULES)}")
     key_denoiser, key_schedule = jax.random.split(key)
     try:
-        return vdm.VDM(key_schedule, build_network(key_denoiser, recipe, dim), recipe["gamma_0"], recipe["gamma_1"],
+        return vdm.VDM(key_schedule, build_network(key_denoiser, recipe, dim, bin_width), recipe["gamma_0"], recipe["gamma_1"],
                        learn_schedule=recipe["schedule"] == "learned")
     except ValueError as error:
         raise RunError(str(error)) from None
 
 
-def build_network(key, recipe: dict, dim: int):
-    """The recipe's denoiser for examples of length ``dim``."""
+def build_network(key, recipe: dict, dim: int, bin_width: float | None = None):
+    """The recipe's denoiser for examples of length ``dim``. An MLP's ``grid_features`` (multiples
+    m of 2 pi / bin_width) become its input frequencies for discrete data (ignored for
+    continuous data)."""
     net = recipe["network"]
     learn_variance = recipe.get("variance") == "learned_range"
     if net["kind"] == "mlp":
-        return MLPDenoiser(key, dim, width=net["width"], depth=net["depth"],
-                           fourier_features=net.get("fourier_features", 16), learn_variance=learn_variance)
+        frequencies = () if bin_width is None else tuple(m * 2 * math.pi / bin_width for m in net.get("grid_features", ()))
+        return MLPDenoiser(key, dim, width=net["width"], depth=net["depth"], fourier_features=net.get("fourier_features", 16),
+                           learn_variance=learn_variance, input_frequencies=frequencies)
     if net["kind"] == "conv":
         size = math.isqrt(dim)
         if size * size != dim:
@@ -215,6 +219,10 @@ def build_network(key, recipe: dict, dim: int):
         return ConvDenoiser(key, image_size=size, channels=net["channels"], num_layers=net["num_layers"],
                             fourier_features=net.get("fourier_features", 16), learn_variance=learn_variance)
     raise RunError(f"unknown network kind {net['kind']!r}; choose mlp or conv")
+
+
+def _bin_width(levels, scaling: dict) -> float | None:
+    return None if levels is None else float(scaling["scale"])
 
 
 def build_decoder(levels, scaling: dict):
@@ -293,7 +301,7 @@ def train_run(data_spec, steps: int | None, seed: int, out_dir, resume: bool = F
     schedule = build_schedule(recipe)
     scaling = _scaling(data)
     key_init, key_train = _keys(seed)
-    network = build_model(key_init, recipe, data.dim)
+    network = build_model(key_init, recipe, data.dim, _bin_width(data.levels, scaling))
     decoder = build_decoder(data.levels, scaling)
     meta = {
         "format_version": FORMAT_VERSION,
@@ -386,7 +394,7 @@ def load_run(out_dir) -> Run:
             f"`elbox diffusion train --data {meta['data']} --out {out_dir} --resume`"
         )
     recipe = meta["recipe"]
-    like = build_model(_keys(meta["seed"])[0], recipe, meta["dim"])
+    like = build_model(_keys(meta["seed"])[0], recipe, meta["dim"], _bin_width(meta["levels"], meta["scaling"]))
     try:
         network = eqx.tree_deserialise_leaves(model_file, like)
     except Exception as error:  # a truncated or foreign file
