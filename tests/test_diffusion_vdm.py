@@ -238,3 +238,42 @@ def test_discretised_decoder_gives_a_code_length():
     wide = jax.vmap(lambda e: vdm.reconstruction_term(jnp.float32(0.0), x, e, decoder))(eps_0)
     assert float(jnp.max(narrow)) < 1e-6 and float(jnp.min(narrow)) >= 0
     assert float(jnp.min(wide)) > 0
+
+
+def test_grid_posterior_is_a_distribution_with_the_right_limits():
+    from elbox.diffusion.decoders import GridPosterior
+
+    decoder = GridPosterior(0.25, -1.0, 1.0)  # 9 levels
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(3, 9)))
+    mean = jnp.asarray(rng.normal(size=3))
+    centres = np.linspace(-1.0, 1.0, 9)
+    for log_scale in (-6.0, -1.0, 4.0):
+        log_p = np.stack([np.asarray(decoder.log_likelihood(jnp.full(3, c), mean, jnp.float32(log_scale), logits))
+                          for c in centres], axis=-1)
+        np.testing.assert_allclose(np.exp(log_p).sum(axis=-1), 1.0, rtol=1e-5)
+    # Wide: the prior. Narrow: the bin of the mean.
+    wide = np.stack([np.asarray(decoder.log_likelihood(jnp.full(3, c), mean, jnp.float32(8.0), logits)) for c in centres], -1)
+    np.testing.assert_allclose(wide, np.asarray(jax.nn.log_softmax(logits, axis=-1)), atol=1e-4)
+    nearest = np.clip(np.round((np.asarray(mean) + 1) / 0.25), 0, 8)
+    narrow = decoder.most_likely(mean, jnp.float32(-8.0), logits)
+    np.testing.assert_allclose(np.asarray(narrow), -1.0 + 0.25 * nearest, atol=1e-6)
+
+
+def test_grid_posterior_with_the_training_frequencies_starts_at_the_categorical_baseline():
+    # With a wide gamma_0 the reconstruction term is the independent categorical model's code
+    # length under the prior logits, whatever z_0.
+    from elbox.diffusion.data import independent_categorical_baseline_bits_per_dim
+    from elbox.diffusion.decoders import GridPosterior
+    from elbox.diffusion.run import initial_prior_logits
+
+    rng = np.random.default_rng(1)
+    train = rng.integers(0, 5, size=(400, 3)) * np.array([1, 0, 1]) + rng.integers(0, 2, size=(400, 3))
+    logits = jnp.asarray(initial_prior_logits(train, 6))
+    decoder = GridPosterior(0.4, -1.0, 1.0)
+    y = jnp.asarray(-1.0 + 0.4 * train, jnp.float32)
+    eps = jax.random.normal(jax.random.key(0), y.shape)
+    nats = jax.vmap(lambda x, e: vdm.reconstruction_term(jnp.float32(30.0), x, e, decoder, logits))(y, eps)
+    bits_per_dim = float(jnp.mean(nats)) / 3 / math.log(2)
+    # The baseline's smoothing is its own; both are the frequencies up to half a count.
+    assert bits_per_dim == pytest.approx(independent_categorical_baseline_bits_per_dim(train, train, 6), abs=0.02)

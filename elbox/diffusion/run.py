@@ -42,7 +42,7 @@ from elbox.diffusion.data import (
     uniform_bits_per_dim,
 )
 from elbox.diffusion import vdm
-from elbox.diffusion.decoders import DiscretizedGaussian, Gaussian
+from elbox.diffusion.decoders import DiscretizedGaussian, Gaussian, GridPosterior
 from elbox.diffusion.elbo import bound_estimate
 from elbox.diffusion.networks import ConvDenoiser, MLPDenoiser, as_eps_fn
 from elbox.diffusion.schedules import cosine_schedule, linear_schedule
@@ -68,17 +68,26 @@ _MLP_2D = {"kind": "mlp", "width": 256, "depth": 3, "fourier_features": 16}
 # steps/s there, 80,000 steps take about 5 minutes.
 _VDM_2D = {
     "model": "vdm", "schedule": "learned", "gamma_0": -13.3, "gamma_1": 5.0, "T": 1000, "network": _MLP_2D,
-    "batch_size": 512, "learning_rate": 1e-3, "learning_rate_decay": "cosine", "steps": 80_000,
-    "ema_decay": 0.999, "checkpoint_every": 5_000,
+    "batch_size": 512, "learning_rate": 1e-3, "learning_rate_decay": "cosine", "weight_decay": 0.0,
+    "steps": 80_000, "ema_decay": 0.999, "checkpoint_every": 5_000,
 }
 _DDPM_2D = {
     "model": "ddpm", "T": 1000, "schedule": "cosine", "network": _MLP_2D, "loss": "hybrid",
     "variance": "learned_range", "batch_size": 512, "learning_rate": 1e-3, "learning_rate_decay": "constant",
-    "steps": 100_000, "ema_decay": 0.999, "checkpoint_every": 5_000,
+    "weight_decay": 0.0, "steps": 100_000, "ema_decay": 0.999, "checkpoint_every": 5_000,
 }
-_DIGITS_NETWORK = {"kind": "mlp", "width": 512, "depth": 3, "fourier_features": 16}
-_VDM_DIGITS = {**_VDM_2D, "network": _DIGITS_NETWORK, "batch_size": 256, "steps": 20_000, "checkpoint_every": 2_000}
-_DDPM_DIGITS = {**_DDPM_2D, "network": _DIGITS_NETWORK, "batch_size": 256, "steps": 20_000, "checkpoint_every": 2_000}
+# Digits (1,617 training images of 64 pixels on 17 levels) overfit quickly: weight decay, and a
+# short run. The vdm decoder is a GridPosterior whose per-pixel prior starts at the training
+# frequencies, so the model contains the independent categorical baseline (the limit of a large
+# gamma_0) and the diffusion adds the dependence between pixels; the grid features let the MLP
+# see where x_t lies within its bin. Measured on a 2-core CPU, 8,000 steps in 62 s: test bound
+# 2.173 +- 0.016 bits/dim against the categorical baseline's 2.366 (without the decoder's prior
+# 2.53, without weight decay 2.6-2.7 with train and test 0.2-0.7 bits/dim apart).
+_DIGITS_NETWORK = {"kind": "mlp", "width": 512, "depth": 3, "fourier_features": 16, "grid_features": [1.0]}
+_VDM_DIGITS = {**_VDM_2D, "network": _DIGITS_NETWORK, "gamma_0": -7.0, "batch_size": 256, "weight_decay": 0.1,
+               "steps": 8_000, "checkpoint_every": 1_000}
+_DDPM_DIGITS = {**_DDPM_2D, "network": _DIGITS_NETWORK, "batch_size": 256, "weight_decay": 0.1, "steps": 8_000,
+                "checkpoint_every": 1_000}
 
 MODELS = ("vdm", "ddpm")
 DEFAULT_MODEL = "vdm"
@@ -160,6 +169,13 @@ def make_recipe(data_spec: str, overrides: dict | None = None) -> dict:
     return recipe
 
 
+def build_optimizer(recipe: dict):
+    """Adam (AdamW with the recipe's ``weight_decay`` > 0) with :func:`build_learning_rate`."""
+    rate = build_learning_rate(recipe)
+    decay = float(recipe.get("weight_decay", 0.0))
+    return optax.adamw(rate, weight_decay=decay) if decay > 0 else optax.adam(rate)
+
+
 def build_learning_rate(recipe: dict):
     """Adam's step size: constant, or a cosine decay from ``learning_rate`` to 1% of it over the
     recipe's steps (a run's last steps then average out the gradient noise)."""
@@ -186,10 +202,11 @@ def build_schedule(recipe: dict):
     raise RunError(f"unknown schedule {recipe['schedule']!r}; choose cosine or linear")
 
 
-def build_model(key, recipe: dict, dim: int, bin_width: float | None = None):
+def build_model(key, recipe: dict, dim: int, bin_width: float | None = None, prior_logits=None):
     """The recipe's network: a denoiser (``ddpm``) or a :class:`~elbox.diffusion.vdm.VDM` holding
     a denoiser and its learned schedule (``vdm``). ``bin_width``: the width of the data's bins
-    in model units (discrete data), else None."""
+    in model units (discrete data), else None; ``prior_logits``: a vdm's initial decoder prior
+    for discrete data (shape (d, K)), else None."""
     if recipe["model"] == "ddpm":
         return build_network(key, recipe, dim, bin_width)
     if recipe["schedule"] not in vdm.SCHEDULES:
@@ -197,7 +214,7 @@ def build_model(key, recipe: dict, dim: int, bin_width: float | None = None):
     key_denoiser, key_schedule = jax.random.split(key)
     try:
         return vdm.VDM(key_schedule, build_network(key_denoiser, recipe, dim, bin_width), recipe["gamma_0"], recipe["gamma_1"],
-                       learn_schedule=recipe["schedule"] == "learned")
+                       learn_schedule=recipe["schedule"] == "learned", prior_logits=prior_logits)
     except ValueError as error:
         raise RunError(str(error)) from None
 
@@ -225,13 +242,23 @@ def _bin_width(levels, scaling: dict) -> float | None:
     return None if levels is None else float(scaling["scale"])
 
 
-def build_decoder(levels, scaling: dict):
-    """``DiscretizedGaussian`` over the bins of K levels in model units, or ``Gaussian()``."""
+def build_decoder(levels, scaling: dict, model: str = "ddpm"):
+    """``Gaussian()`` for continuous data; for K levels, in model units, ``DiscretizedGaussian``
+    (ddpm) or ``GridPosterior`` (vdm) over the bins."""
     if levels is None:
         return Gaussian()
     scale = float(scaling["scale"])
     low = float(np.asarray(scaling["shift"]).reshape(-1)[0])
-    return DiscretizedGaussian(scale, low, scale * (levels - 1) + low)
+    bins = (scale, low, scale * (levels - 1) + low)
+    return GridPosterior(*bins) if model == "vdm" else DiscretizedGaussian(*bins)
+
+
+def initial_prior_logits(train: np.ndarray, levels: int) -> np.ndarray:
+    """log of the per-column level frequencies of the training data with half a count added to
+    every level, shape (d, K): the independent categorical model a vdm's GridPosterior starts from."""
+    codes = np.clip(np.rint(np.asarray(train)), 0, levels - 1).astype(np.int64)
+    counts = np.stack([np.bincount(column, minlength=levels) for column in codes.T]).astype(np.float64)
+    return np.log((counts + 0.5) / (counts.sum(axis=1, keepdims=True) + 0.5 * levels))
 
 
 def _scaling(data: Dataset) -> dict:
@@ -301,8 +328,11 @@ def train_run(data_spec, steps: int | None, seed: int, out_dir, resume: bool = F
     schedule = build_schedule(recipe)
     scaling = _scaling(data)
     key_init, key_train = _keys(seed)
-    network = build_model(key_init, recipe, data.dim, _bin_width(data.levels, scaling))
-    decoder = build_decoder(data.levels, scaling)
+    logits = None
+    if recipe["model"] == "vdm" and data.levels is not None:
+        logits = initial_prior_logits(data.train, data.levels)
+    network = build_model(key_init, recipe, data.dim, _bin_width(data.levels, scaling), logits)
+    decoder = build_decoder(data.levels, scaling, recipe["model"])
     meta = {
         "format_version": FORMAT_VERSION,
         "data": spec,
@@ -322,7 +352,7 @@ def train_run(data_spec, steps: int | None, seed: int, out_dir, resume: bool = F
     is_vdm = recipe["model"] == "vdm"
     result = train(
         key_train, data.to_model(data.train), schedule=schedule, network=network, steps=recipe["steps"],
-        batch_size=recipe["batch_size"], learning_rate=build_learning_rate(recipe),
+        batch_size=recipe["batch_size"], optimizer=build_optimizer(recipe),
         loss="vdm" if is_vdm else recipe["loss"], variance="beta_tilde" if is_vdm else recipe["variance"], decoder=decoder, ema_decay=recipe["ema_decay"],
         checkpoint_every=recipe["checkpoint_every"], checkpoint_dir=out_dir / CHECKPOINT_DIR, resume=resume,
         progress=progress,
@@ -394,12 +424,15 @@ def load_run(out_dir) -> Run:
             f"`elbox diffusion train --data {meta['data']} --out {out_dir} --resume`"
         )
     recipe = meta["recipe"]
-    like = build_model(_keys(meta["seed"])[0], recipe, meta["dim"], _bin_width(meta["levels"], meta["scaling"]))
+    logits = None
+    if recipe["model"] == "vdm" and meta["levels"] is not None:
+        logits = np.zeros((meta["dim"], meta["levels"]))
+    like = build_model(_keys(meta["seed"])[0], recipe, meta["dim"], _bin_width(meta["levels"], meta["scaling"]), logits)
     try:
         network = eqx.tree_deserialise_leaves(model_file, like)
     except Exception as error:  # a truncated or foreign file
         raise RunError(f"{model_file} could not be read as this run's network ({type(error).__name__}: {error})") from None
-    return Run(meta, network, build_schedule(recipe), build_decoder(meta["levels"], meta["scaling"]), out_dir)
+    return Run(meta, network, build_schedule(recipe), build_decoder(meta["levels"], meta["scaling"], recipe["model"]), out_dir)
 
 
 def load_trace(out_dir) -> np.ndarray:

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from elbox.diffusion.decoders import DiscretizedGaussian, Gaussian
+from elbox.diffusion.decoders import DiscretizedGaussian, Gaussian, GridPosterior
 from elbox.diffusion.elbo import BoundEstimate, bits_per_dim
 from elbox.diffusion.sample import most_likely_bin
 from elbox.vi.elbo import Estimate, mean_and_stderr
@@ -143,19 +143,24 @@ class VDM(eqx.Module):
             given s = TIME_RESOLUTION (gamma - gamma_low) / (gamma_high - gamma_low), gamma_low and
             gamma_high the schedule's initial ends.
         gamma_0, gamma_1, hidden, learn_schedule, dtype: see :class:`LearnedSchedule`.
+        prior_logits: for data on a grid with a :class:`~elbox.diffusion.decoders.GridPosterior`
+            decoder, the initial logits of its per-coordinate prior over the levels, shape (d, K),
+            trained with the rest (None: no prior, or a decoder that takes none).
     """
 
     denoiser: Any
     schedule: LearnedSchedule
+    prior_logits: jax.Array | None
     gamma_low: float = eqx.field(static=True)
     gamma_high: float = eqx.field(static=True)
 
     def __init__(self, key, denoiser, gamma_0: float = -13.3, gamma_1: float = 5.0, hidden: int = 64,
-                 learn_schedule: bool = True, dtype=None):
+                 learn_schedule: bool = True, dtype=None, prior_logits=None):
         if getattr(denoiser, "learn_variance", False):
             raise ValueError("a VDM's reverse variance is fixed by its schedule: build the denoiser with learn_variance=False")
         self.denoiser = denoiser
         self.schedule = LearnedSchedule(key, gamma_0, gamma_1, hidden, learn_schedule, dtype)
+        self.prior_logits = None if prior_logits is None else jnp.asarray(prior_logits, jnp.result_type(float) if dtype is None else dtype)
         self.gamma_low = float(gamma_0)
         self.gamma_high = float(gamma_1)
 
@@ -172,12 +177,15 @@ def alpha_sigma(gamma):
     return jnp.sqrt(jax.nn.sigmoid(-gamma)), jnp.sqrt(jax.nn.sigmoid(gamma))
 
 
-def reconstruction_term(gamma_0, x, eps_0, decoder):
+def reconstruction_term(gamma_0, x, eps_0, decoder, prior_logits=None):
     """-log p(x | z_0) for z_0 = alpha_0 x + sigma_0 eps_0, nats summed over dimensions: the
     decoder's likelihood of x with mean z_0 / alpha_0 = x + exp(gamma_0 / 2) eps_0 and scale
-    exp(gamma_0 / 2)."""
+    exp(gamma_0 / 2) (and a :class:`~elbox.diffusion.decoders.GridPosterior`'s prior logits)."""
     scale_log = 0.5 * gamma_0
-    return -jnp.sum(decoder.log_likelihood(x, x + jnp.exp(scale_log) * eps_0, scale_log))
+    mean = x + jnp.exp(scale_log) * eps_0
+    if isinstance(decoder, GridPosterior):
+        return -jnp.sum(decoder.log_likelihood(x, mean, scale_log, prior_logits))
+    return -jnp.sum(decoder.log_likelihood(x, mean, scale_log))
 
 
 def prior_term(gamma_1, x):
@@ -239,7 +247,7 @@ def loss_and_grad(key, params, static, batch, decoder=Gaussian()):
         model = eqx.combine(params, static)
         gamma_0, gamma_1 = model.schedule.ends()
         diffusion = jax.vmap(lambda x, g, dg, e: diffusion_term(model, x, g, dg, e))(batch, gamma_t, dgamma_t, eps)
-        recon = jax.vmap(lambda x, e: reconstruction_term(gamma_0, x, e, decoder))(batch, eps_0)
+        recon = jax.vmap(lambda x, e: reconstruction_term(gamma_0, x, e, decoder, model.prior_logits))(batch, eps_0)
         prior = jax.vmap(lambda x: prior_term(gamma_1, x))(batch)
         return jnp.mean(recon + diffusion + prior), diffusion
 
@@ -274,7 +282,7 @@ def _per_example_continuous(model: VDM, key, x, num_t, decoder):
     gamma_0, gamma_1 = model.schedule.ends()
     gamma_t, dgamma_t = jax.vmap(model.schedule.value_and_derivative)(t)
     diffusion = jnp.mean(jax.vmap(lambda g, dg, e: diffusion_term(model, x, g, dg, e))(gamma_t, dgamma_t, eps))
-    recon = jnp.mean(jax.vmap(lambda e: reconstruction_term(gamma_0, x, e, decoder))(eps_0))
+    recon = jnp.mean(jax.vmap(lambda e: reconstruction_term(gamma_0, x, e, decoder, model.prior_logits))(eps_0))
     prior = prior_term(gamma_1, x)
     return {"reconstruction": recon, "denoising": diffusion, "prior": prior, "total": recon + diffusion + prior}
 
@@ -284,7 +292,7 @@ def _per_example_discrete(model: VDM, key, x, T, decoder):
     eps = jax.random.normal(key_eps, (T,) + x.shape, x.dtype)
     gamma_0, gamma_1 = model.schedule.ends()
     steps = jax.vmap(lambda i, e: discrete_step_term(model, x, i, T, e))(jnp.arange(1, T + 1), eps)
-    recon = reconstruction_term(gamma_0, x, jax.random.normal(key_eps0, x.shape, x.dtype), decoder)
+    recon = reconstruction_term(gamma_0, x, jax.random.normal(key_eps0, x.shape, x.dtype), decoder, model.prior_logits)
     prior = prior_term(gamma_1, x)
     return {"reconstruction": recon, "denoising_per_step": steps, "prior": prior,
             "total": recon + jnp.sum(steps) + prior}
@@ -363,7 +371,8 @@ def sample(key, model: VDM, num_samples: int, dim: int, T: int = 1000, decoder=G
         z_s ~ N(alpha_s / alpha_t (z_t - sigma_t c eps_hat(z_t; t)), c sigma_s^2 I)   (VDM, appendix A.4),
 
     and from z_0 the decoder's point estimate: z_0 / alpha_0 (continuous data) or the most likely
-    bin (a :class:`~elbox.diffusion.decoders.DiscretizedGaussian`).
+    bin (a :class:`~elbox.diffusion.decoders.DiscretizedGaussian` or
+    :class:`~elbox.diffusion.decoders.GridPosterior`).
     """
     dtype = jnp.result_type(float) if dtype is None else dtype
     return _sample(key, model, int(num_samples), int(dim), int(T), decoder, dtype)
@@ -389,6 +398,8 @@ def _sample(key, model, num_samples, dim, T, decoder, dtype):
         gamma_0, _ = model.schedule.ends()
         alpha_0, _ = alpha_sigma(gamma_0)
         mean = z_0 / alpha_0
+        if isinstance(decoder, GridPosterior):
+            return decoder.most_likely(mean, jnp.full_like(mean, 0.5 * gamma_0), model.prior_logits)
         if isinstance(decoder, DiscretizedGaussian):
             return most_likely_bin(mean, jnp.full_like(mean, 0.5 * gamma_0), decoder)
         return mean
