@@ -15,7 +15,7 @@ from elbox.errors import ElboxError
 TINY = ["--T", "20", "--width", "16", "--depth", "1", "--batch-size", "64", "--checkpoint-every", "10", "--no-progress"]
 ELBO_FIELDS = {
     "data", "model", "bound", "T", "nats_per_dim", "bits_per_dim", "stderr", "terms", "denoising_per_step",
-    "denoising_per_step_T", "discrete_time", "true_entropy_per_dim", "gap_to_entropy", "test_nll_per_dim",
+    "denoising_per_step_T", "discrete_time", "schedule", "true_entropy_per_dim", "gap_to_entropy", "test_nll_per_dim",
     "gap_to_test_nll", "gap_to_test_nll_stderr", "estimator", "seconds", "categorical_baseline_bits_per_dim",
     "uniform_bits_per_dim",
 }
@@ -73,6 +73,9 @@ def test_elbo_json_has_every_field(moons_run, tmp_path, capsys):
     assert discrete["T"] == 20 and discrete["num_examples"] == 200
     assert math.isclose(sum(discrete["terms"].values()), discrete["nats_per_dim"], rel_tol=1e-6, abs_tol=1e-6)
     assert len(bound["denoising_per_step"]) == 20 and bound["denoising_per_step_T"] == 20
+    gamma = np.asarray(bound["schedule"]["gamma"])
+    assert np.all(np.diff(gamma) > 0)
+    assert gamma[0] == pytest.approx(bound["schedule"]["gamma_0"], abs=1e-4)
     assert bound["true_entropy_per_dim"] is None and bound["gap_to_test_nll"] is None  # moons: unknown
     assert bound["categorical_baseline_bits_per_dim"] is None and bound["uniform_bits_per_dim"] is None
     assert (moons_run / "elbo_per_step.png").stat().st_size > 0
@@ -85,7 +88,7 @@ def test_ddpm_elbo_json_and_the_gap_to_the_exact_density(ddpm_run, tmp_path, cap
     bound = json.loads(path.read_text())
     _check_bound(bound)
     assert bound["model"] == "ddpm" and bound["bound"] == "discrete time" and bound["T"] == 20
-    assert bound["discrete_time"] is None and len(bound["denoising_per_step"]) == 19
+    assert bound["discrete_time"] is None and bound["schedule"] is None and len(bound["denoising_per_step"]) == 19
     assert bound["true_entropy_per_dim"] == pytest.approx(0.156074, abs=1e-6)
     assert math.isclose(bound["gap_to_entropy"], bound["nats_per_dim"] - bound["true_entropy_per_dim"], rel_tol=1e-9)
     # The paired gap uses the same 300 examples' exact -log p: it adds up with the test-set mean.

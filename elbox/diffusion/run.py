@@ -488,6 +488,8 @@ def elbo_run(out_dir, data_path=None, seed: int = 0, max_examples: int | None = 
         (mean L_{t-1} for t = 2..T, nats per dim, of the discrete-time bound) with
         ``denoising_per_step_T``, ``discrete_time`` (vdm: ``T``, ``num_examples``,
         ``nats_per_dim``, ``bits_per_dim``, ``stderr``, ``terms``, ``estimator``; ddpm: None),
+        ``schedule`` (vdm: the learned gamma(t) = -log SNR, ``gamma_0``, ``gamma_1`` and ``gamma``
+        on the grid ``t``; ddpm: None),
         ``true_entropy_per_dim`` (nats, or None) and ``gap_to_entropy``, ``test_nll_per_dim``
         (the mean exact -log p(x) / d of the examples evaluated, where the distribution is known)
         with ``gap_to_test_nll`` and its ``gap_to_test_nll_stderr`` (the mean of bound - (-log p)
@@ -528,13 +530,16 @@ def elbo_run(out_dir, data_path=None, seed: int = 0, max_examples: int | None = 
             "estimator": discrete.estimator,
         }
         per_step, bound_kind, bound_T = discrete.denoising_per_step, "continuous time", None
+        learned = vdm.schedule_summary(run.network)
+        schedule = {"gamma_0": learned.gamma_0, "gamma_1": learned.gamma_1, "t": learned.t.tolist(),
+                    "gamma": learned.gamma.tolist()}
     else:
         T = run.schedule.num_steps
         main = bound_estimate(
             key_main, run.schedule, as_eps_fn(run.network, T), run.to_model(discrete_rows),
             variance=recipe["variance"], decoder=run.decoder, batch_size=batch_size,
         )
-        evaluated, discrete_time = discrete_rows, None
+        evaluated, discrete_time, schedule = discrete_rows, None, None
         per_step, bound_kind, bound_T = main.denoising_per_step, "discrete time", T
     d = main.num_dims
     nats_per_dim = float(main.nats_per_dim.value) - log_jacobian
@@ -566,6 +571,7 @@ def elbo_run(out_dir, data_path=None, seed: int = 0, max_examples: int | None = 
         "denoising_per_step": (np.asarray(per_step, np.float64) / d).tolist(),
         "denoising_per_step_T": T,
         "discrete_time": discrete_time,
+        "schedule": schedule,
         "true_entropy_per_dim": entropy,
         "gap_to_entropy": None if entropy is None else nats_per_dim - entropy,
         "test_nll_per_dim": test_nll,

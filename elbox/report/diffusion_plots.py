@@ -56,6 +56,10 @@ def per_step_plot(bound: dict, path: Path, title: str | None = None) -> Path:
     ax.plot(t, np.maximum(per_step, floor), color="tab:blue", lw=1.0, label=label)
     ax.set_yscale("log")
     ax.set_ylabel("nats per dimension")
+    if is_vdm and bound.get("schedule"):
+        twin = ax.twinx()
+        twin.plot(bound["schedule"]["t"], bound["schedule"]["gamma"], color="tab:orange", lw=1.0, ls="--")
+        twin.set_ylabel(r"learned $\gamma(t) = -\log \mathrm{SNR}$ (dashed)", color="tab:orange")
     heading = title or f"{bound['data']}: per-step terms of the bound"
     ax.set_title(f"{heading}\n{summary}", fontsize=9)
     ax.legend(fontsize=8)
