@@ -7,6 +7,7 @@ standard error when both sides are Monte Carlo estimates).
 
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,6 +33,7 @@ from elbox.diffusion.elbo import (
     term_given_noise,
     update_importance_history,
 )
+from elbox.diffusion.networks import MLPDenoiser, as_eps_fn
 from elbox.diffusion.process import coefficient, p_mean_variance
 from elbox.diffusion.schedules import linear_schedule, schedule_from_betas
 from elbox.vi.elbo import mean_and_stderr
@@ -336,3 +338,32 @@ def test_hybrid_loss_trains_the_mean_by_l_simple_and_the_variance_by_l_vlb():
         vlb, _ = loss_vlb_uniform(key, SMALL, make_eps_fn(params), x0, "learned_range")
         assert int(info.t) == int(simple_info.t)
         np.testing.assert_allclose(loss, simple + 0.001 * vlb, rtol=1e-6)
+
+
+TRACES = []
+
+
+class _CountingDenoiser(eqx.Module):
+    """An MLPDenoiser that notes every time it is traced (Python runs only while tracing)."""
+
+    inner: MLPDenoiser
+
+    def __call__(self, x_t, t, num_steps):
+        TRACES.append(1)
+        return self.inner(x_t, t, num_steps)
+
+
+def test_bound_estimate_compiles_once_for_networks_of_the_same_shapes():
+    from elbox.diffusion.schedules import cosine_schedule
+
+    schedule = cosine_schedule(10)
+    data = jax.random.normal(jax.random.key(0), (8, 2))
+    estimates = []
+    for seed in range(3):
+        net = _CountingDenoiser(MLPDenoiser(jax.random.key(seed), 2, width=8, depth=1, final_scale=1.0))
+        estimates.append(bound_estimate(jax.random.key(1), schedule, as_eps_fn(net, 10), data, batch_size=8).nats.value)
+    traced_once = len(TRACES)
+    assert traced_once >= 1
+    bound_estimate(jax.random.key(1), schedule, as_eps_fn(net, 10), data, batch_size=8)
+    assert len(TRACES) == traced_once  # the three networks and a repeat: one trace
+    assert len(set(estimates)) == 3  # and each network's own weights were used

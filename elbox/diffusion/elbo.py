@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from typing import Callable, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -332,6 +333,33 @@ def loss_hybrid(key, schedule, eps_fn, x0, variance="learned_range", decoder=Gau
     return loss, LossInfo(t, term, weight)
 
 
+@eqx.filter_jit
+def _bound_batch(eps_fn, schedule, keys, data, variance, decoder, num_t_samples):
+    """Every example's terms for :func:`bound_estimate` (one compiled function per eps_fn
+    structure, shapes and settings: an :class:`~elbox.diffusion.networks.EpsFn` of new weights
+    reuses it)."""
+    T = schedule.num_steps
+    if num_t_samples is None:
+
+        def per_example(example_key, x0):
+            return exact_terms(example_key, schedule, eps_fn, x0, variance, decoder)
+
+    else:
+
+        def per_example(example_key, x0):
+            def one_draw(draw_key):
+                key_t, key_noise = jax.random.split(draw_key)
+                t = _uniform_step(key_t, T)
+                term, _ = term_given_noise(schedule, eps_fn, x0, t, _normal_like(key_noise, x0), variance, decoder)
+                return t, term
+
+            t, terms = jax.vmap(one_draw)(jax.random.split(example_key, num_t_samples))
+            prior = prior_term(schedule, x0)
+            return {"t": t, "terms": terms, "prior": prior, "total": T * jnp.mean(terms) + prior}
+
+    return jax.vmap(per_example)(keys, data)
+
+
 class BoundEstimate(NamedTuple):
     """The negative ELBO over a data set, the bound on -log p(x0) (lower is better).
 
@@ -374,7 +402,9 @@ def bound_estimate(key, schedule, eps_fn, data, variance="beta_tilde", decoder=G
 
     The standard errors are across examples: the spread of the per-example values includes the
     randomness of x_t (and of t). Examples are processed ``batch_size`` at a time with one
-    compiled function (compiled again for a last, smaller batch); example i uses the i-th key of
+    compiled function (compiled again for a last, smaller batch, and kept between calls: a new
+    network of the same shapes through :func:`~elbox.diffusion.networks.as_eps_fn` does not
+    compile again); example i uses the i-th key of
     ``jax.random.split(key, n)``, so the answer does not depend on ``batch_size``.
 
     Returns:
@@ -390,28 +420,9 @@ def bound_estimate(key, schedule, eps_fn, data, variance="beta_tilde", decoder=G
     num_dims = int(np.prod(data.shape[1:]))
     T = schedule.num_steps
     keys = jax.random.split(key, n)
-
-    if num_t_samples is None:
-
-        def per_example(example_key, x0):
-            return exact_terms(example_key, schedule, eps_fn, x0, variance, decoder)
-
-    else:
-
-        def per_example(example_key, x0):
-            def one_draw(draw_key):
-                key_t, key_noise = jax.random.split(draw_key)
-                t = _uniform_step(key_t, T)
-                term, _ = term_given_noise(schedule, eps_fn, x0, t, _normal_like(key_noise, x0), variance, decoder)
-                return t, term
-
-            t, terms = jax.vmap(one_draw)(jax.random.split(example_key, num_t_samples))
-            prior = prior_term(schedule, x0)
-            return {"t": t, "terms": terms, "prior": prior, "total": T * jnp.mean(terms) + prior}
-
-    batched = jax.jit(jax.vmap(per_example))
     chunks = [
-        jax.tree_util.tree_map(np.asarray, batched(keys[i : i + batch_size], data[i : i + batch_size]))
+        jax.tree_util.tree_map(np.asarray, _bound_batch(eps_fn, schedule, keys[i : i + batch_size],
+                                                        data[i : i + batch_size], variance, decoder, num_t_samples))
         for i in range(0, n, batch_size)
     ]
     out = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs).astype(np.float64), *chunks)

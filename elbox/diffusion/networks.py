@@ -196,11 +196,22 @@ class ConvDenoiser(eqx.Module):
         return eps_hat.astype(x_t.dtype), None if v is None else v.astype(x_t.dtype)
 
 
+class EpsFn(eqx.Module):
+    """``eps_fn(x_t, t) = network(x_t, t, num_steps)``: a denoiser with its T, as a pytree, so
+    that a compiled bound traced for one network is reused for another of the same shapes."""
+
+    network: eqx.Module
+    num_steps: int = eqx.field(static=True)
+
+    def __call__(self, x_t, t):
+        return self.network(x_t, t, self.num_steps)
+
+
 def as_eps_fn(network, num_steps: int) -> Callable:
     """The ``eps_fn(x_t, t) -> (eps_hat, v or None)`` of :mod:`elbox.diffusion.elbo` for a
-    denoiser ``network(x_t, t, num_steps)``.
+    denoiser ``network(x_t, t, num_steps)`` (an :class:`EpsFn`).
 
     Example:
         >>> result = bound_estimate(key, schedule, as_eps_fn(net, schedule.num_steps), data)
     """
-    return lambda x_t, t: network(x_t, t, num_steps)
+    return EpsFn(network, int(num_steps))
