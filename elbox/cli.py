@@ -296,8 +296,14 @@ def run_diffusion_train(args) -> int:
 
     overrides = {"model": args.model, "T": args.T, "width": args.width, "depth": args.depth,
                  "batch_size": args.batch_size, "checkpoint_every": args.checkpoint_every}
-    meta = train_run(args.data, args.steps, args.seed, args.out, resume=args.resume, levels=args.levels,
-                     progress=not args.no_progress, recipe_overrides=overrides)
+    try:
+        meta = train_run(args.data, args.steps, args.seed, args.out, resume=args.resume, levels=args.levels,
+                         progress=not args.no_progress, recipe_overrides=overrides)
+    except KeyboardInterrupt:
+        checkpoints = sorted((args.out / "checkpoints").glob("step_*.json")) if args.out.is_dir() else []
+        where = f"the last checkpoint is {checkpoints[-1].stem}" if checkpoints else "no checkpoint was written yet"
+        print(f"elbox: training interrupted; {where}. Continue with the same command and --resume.", file=sys.stderr)
+        return 130
     recipe = meta["recipe"]
     if recipe["model"] == "vdm":
         how = f"vdm: continuous-time bound, {recipe['schedule']} schedule"

@@ -245,3 +245,16 @@ def test_discrete_user_file_reports_baselines_and_integer_samples(tmp_path):
     assert math.isfinite(bound["categorical_baseline_bits_per_dim"]) and bound["nats_per_dim"] > 0
     samples = sample_run(out, 8, seed=1)
     assert samples.shape == (8, 3) and set(np.unique(samples)) <= {0.0, 1.0, 2.0, 3.0}
+
+
+def test_interrupted_training_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    import elbox.diffusion.run as run_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "train_run", interrupted)
+    code = main(["diffusion", "train", "--data", "moons", "--steps", "5", "--out", str(tmp_path / "r"), *TINY])
+    assert code == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "--resume" in err and "no checkpoint" in err
