@@ -75,9 +75,10 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
+
+from _common import device_description, elbox_source_hash, run_worker_process
 
 BENCHMARK = "diffusion_training"
 SEED = 0
@@ -107,31 +108,6 @@ NOTES = {
     "vdm": "elbox's default model: the continuous-time VDM bound with a learned noise schedule, a heavier step than "
            "L_simple (schedule network and its derivative, reconstruction and prior terms), set against PyTorch's L_simple loop",
 }
-
-
-def device_description() -> str:
-    import jax
-
-    device = jax.devices()[0]
-    text = f"{device.platform}: {device.device_kind}"
-    if device.platform == "cpu":
-        text += f" ({os.cpu_count()} cores)"
-    return text
-
-
-def elbox_source_hash() -> str:
-    """A short hash of elbox's Python sources, to tell apart runs of different versions."""
-    import hashlib
-    import pathlib
-
-    import elbox
-
-    digest = hashlib.sha256()
-    root = pathlib.Path(elbox.__file__).parent
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
 
 
 def training_data():
@@ -415,12 +391,9 @@ def run_worker(library: str, schedule: str, steps: int, seed: int) -> dict:
 def measure(library: str, schedule: str, steps: int, seed: int, timeout: float, torch_device: str = "cpu",
             torch_threads: int | None = None) -> dict:
     """One measurement in a fresh Python process; its last stdout line is the JSON result."""
-    command = [sys.executable, os.path.abspath(__file__), "--worker", library, schedule, str(steps), str(seed)]
     env = {**os.environ, TORCH_DEVICE_VARIABLE: torch_device, TORCH_THREADS_VARIABLE: str(torch_threads or "")}
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
-    if completed.returncode != 0:
-        raise RuntimeError(f"{library} worker failed ({schedule}, {steps} steps):\n{completed.stderr[-4000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return run_worker_process(__file__, [library, schedule, steps, seed], timeout,
+                              f"{library} ({schedule}, {steps} steps)", env=env)
 
 
 def compare(schedule: str, steps: int, repeats: int, timeout: float, torch_threads: int | None = None) -> tuple[list[dict], dict]:

@@ -33,11 +33,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
-import subprocess
 import sys
 import time
+
+from _common import device_description, elbox_source_hash, run_worker_process
 
 BENCHMARK = "mh_random_walk"
 SEED = 0
@@ -69,31 +69,6 @@ FULL_REPEATS = {"eight_schools": 5, "logistic_regression": 3}
 def random_walk_scale(dimension: int) -> float:
     """The scale both samplers use: 2.38 / sqrt(d), elbox's default initial scale."""
     return 2.38 / math.sqrt(dimension)
-
-
-def device_description() -> str:
-    import jax
-
-    device = jax.devices()[0]
-    text = f"{device.platform}: {device.device_kind}"
-    if device.platform == "cpu":
-        text += f" ({os.cpu_count()} cores)"
-    return text
-
-
-def elbox_source_hash() -> str:
-    """A short hash of elbox's Python sources, to tell apart runs of different versions."""
-    import hashlib
-    import pathlib
-
-    import elbox
-
-    digest = hashlib.sha256()
-    root = pathlib.Path(elbox.__file__).parent
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
 
 
 # -- workers: one measurement each, in a fresh process -------------------------------------------
@@ -198,13 +173,8 @@ def run_worker(library: str, model_name: str, chains: int, draws: int) -> dict:
 
 def measure(library: str, model_name: str, chains: int, draws: int, timeout: float) -> dict:
     """One measurement in a fresh Python process; its last stdout line is the JSON result."""
-    command = [sys.executable, os.path.abspath(__file__), "--worker", library, model_name, str(chains), str(draws)]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    if completed.returncode != 0:
-        raise RuntimeError(
-            f"{library} worker failed on {model_name} with {chains} chains:\n{completed.stderr[-4000:]}"
-        )
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return run_worker_process(__file__, [library, model_name, chains, draws], timeout,
+                              f"{library}, {model_name} with {chains} chains")
 
 
 def compare(model_name: str, chains: int, draws: int, repeats: int, timeout: float) -> dict:

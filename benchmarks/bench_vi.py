@@ -59,10 +59,10 @@ _PROCESS_START = time.perf_counter()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
+
+from _common import device_description, elbox_source_hash, run_worker_process  # noqa: E402
 
 BENCHMARK = "vi"
 # Repeat r fits with the key jax.random.key(SEED + r): the final q of a constant-step run
@@ -86,31 +86,6 @@ NUMPYRO_MODEL_NAMES = {"eight_schools": "eight_schools-eight_schools_noncentered
 ELBOX_MODES = ("peer_settings", "defaults")
 # Which libraries each family is compared with.
 PEERS = {"meanfield": ("numpyro", "blackjax"), "fullrank": ("numpyro",)}
-
-
-def device_description() -> str:
-    import jax
-
-    device = jax.devices()[0]
-    text = f"{device.platform}: {device.device_kind}"
-    if device.platform == "cpu":
-        text += f" ({os.cpu_count()} cores)"
-    return text
-
-
-def elbox_source_hash() -> str:
-    """A short hash of elbox's Python sources, to tell apart runs of different versions."""
-    import hashlib
-    import pathlib
-
-    import elbox
-
-    digest = hashlib.sha256()
-    root = pathlib.Path(elbox.__file__).parent
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
 
 
 def numpyro_model_function(model_name: str):
@@ -366,11 +341,8 @@ def run_worker(library: str, model_name: str, family: str, steps: int, seed: int
 
 def measure(library: str, model_name: str, family: str, steps: int, seed: int, timeout: float) -> dict:
     """One measurement in a fresh Python process; its last stdout line is the JSON result."""
-    command = [sys.executable, os.path.abspath(__file__), "--worker", library, model_name, family, str(steps), str(seed)]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    if completed.returncode != 0:
-        raise RuntimeError(f"{library} worker failed on {model_name} ({family}):\n{completed.stderr[-4000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return run_worker_process(__file__, [library, model_name, family, steps, seed], timeout,
+                              f"{library}, {model_name} ({family})")
 
 
 def same_elbo(ours: dict, theirs: dict | None) -> bool | None:

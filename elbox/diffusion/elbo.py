@@ -333,6 +333,27 @@ def loss_hybrid(key, schedule, eps_fn, x0, variance="learned_range", decoder=Gau
     return loss, LossInfo(t, term, weight)
 
 
+def per_example_in_batches(batch_fn, key, data, batch_size: int):
+    """``batch_fn(keys, rows)`` over the examples of ``data`` (axis 0), ``batch_size`` at a time,
+    example i with the i-th key of ``jax.random.split(key, n)`` (so the result does not depend
+    on ``batch_size``); the per-example outputs concatenated as float64 NumPy arrays."""
+    n = data.shape[0]
+    keys = jax.random.split(key, n)
+    chunks = [
+        jax.tree_util.tree_map(np.asarray, batch_fn(keys[i : i + batch_size], data[i : i + batch_size]))
+        for i in range(0, n, batch_size)
+    ]
+    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs).astype(np.float64), *chunks)
+
+
+def bound_estimates(per_example_nats, num_dims: int) -> tuple[Estimate, Estimate, Estimate]:
+    """(nats, nats per dimension, bits per dimension), each a mean with its standard error
+    across examples, from every example's bound in nats."""
+    nats = mean_and_stderr(per_example_nats)
+    nats_per_dim = Estimate(nats.value / num_dims, nats.stderr / num_dims)
+    return nats, nats_per_dim, Estimate(bits_per_dim(nats_per_dim.value), bits_per_dim(nats_per_dim.stderr))
+
+
 @eqx.filter_jit
 def _bound_batch(eps_fn, schedule, keys, data, variance, decoder, num_t_samples):
     """Every example's terms for :func:`bound_estimate` (one compiled function per eps_fn
@@ -419,15 +440,12 @@ def bound_estimate(key, schedule, eps_fn, data, variance="beta_tilde", decoder=G
     n = data.shape[0]
     num_dims = int(np.prod(data.shape[1:]))
     T = schedule.num_steps
-    keys = jax.random.split(key, n)
-    chunks = [
-        jax.tree_util.tree_map(np.asarray, _bound_batch(eps_fn, schedule, keys[i : i + batch_size],
-                                                        data[i : i + batch_size], variance, decoder, num_t_samples))
-        for i in range(0, n, batch_size)
-    ]
-    out = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs).astype(np.float64), *chunks)
+    out = per_example_in_batches(
+        lambda keys, rows: _bound_batch(eps_fn, schedule, keys, rows, variance, decoder, num_t_samples),
+        key, data, batch_size,
+    )
 
-    nats = mean_and_stderr(out["total"])
+    nats, nats_per_dim, bits = bound_estimates(out["total"], num_dims)
     prior = float(out["prior"].mean())
     if num_t_samples is None:
         reconstruction = float(out["reconstruction"].mean())
@@ -444,11 +462,10 @@ def bound_estimate(key, schedule, eps_fn, data, variance="beta_tilde", decoder=G
         with np.errstate(invalid="ignore", divide="ignore"):
             per_step = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)[1:]
         estimator = ESTIMATOR_SAMPLED_STEP
-    nats_per_dim = Estimate(nats.value / num_dims, nats.stderr / num_dims)
     return BoundEstimate(
         nats=nats,
         nats_per_dim=nats_per_dim,
-        bits_per_dim=Estimate(bits_per_dim(nats_per_dim.value), bits_per_dim(nats_per_dim.stderr)),
+        bits_per_dim=bits,
         reconstruction=reconstruction,
         denoising=denoising,
         prior=prior,

@@ -38,6 +38,7 @@ Example:
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -46,9 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from elbox.diffusion.decoders import DiscretizedGaussian, Gaussian, GridPosterior
-from elbox.diffusion.elbo import BoundEstimate, bits_per_dim
+from elbox.diffusion.elbo import BoundEstimate, bound_estimates, per_example_in_batches
 from elbox.diffusion.sample import most_likely_bin
-from elbox.vi.elbo import Estimate, mean_and_stderr
 
 # The denoiser sees the normalised log-SNR (gamma - gamma_low) / (gamma_high - gamma_low), in
 # [0, 1] at the start, on the same grid as a discrete-time model with this many steps (its
@@ -213,6 +213,17 @@ def discrete_step_term(model: VDM, x, i, T: int, eps):
     return 0.5 * jnp.expm1(gamma_t - gamma_s) * jnp.sum(jnp.square(eps - model.eps_hat(z, gamma_t)))
 
 
+def continuous_terms(model: VDM, x, gamma_t, dgamma_t, eps, eps_0, decoder):
+    """(L_recon, the L_diffusion integrand at one t, L_prior) for one example and one draw of
+    eps and eps_0: their sum is an unbiased estimate of the continuous-time bound."""
+    gamma_0, gamma_1 = model.schedule.ends()
+    return (
+        reconstruction_term(gamma_0, x, eps_0, decoder, model.prior_logits),
+        diffusion_term(model, x, gamma_t, dgamma_t, eps),
+        prior_term(gamma_1, x),
+    )
+
+
 def antithetic_times(key, n: int, dtype=jnp.float32):
     """t_i = (u + i / n) mod 1, i = 0..n-1, u ~ U(0, 1): each t_i is uniform, together they are
     evenly spread (VDM's low-discrepancy sampler)."""
@@ -245,10 +256,9 @@ def loss_and_grad(key, params, static, batch, decoder=Gaussian()):
 
     def bound(params, gamma_t, dgamma_t):
         model = eqx.combine(params, static)
-        gamma_0, gamma_1 = model.schedule.ends()
-        diffusion = jax.vmap(lambda x, g, dg, e: diffusion_term(model, x, g, dg, e))(batch, gamma_t, dgamma_t, eps)
-        recon = jax.vmap(lambda x, e: reconstruction_term(gamma_0, x, e, decoder, model.prior_logits))(batch, eps_0)
-        prior = jax.vmap(lambda x: prior_term(gamma_1, x))(batch)
+        recon, diffusion, prior = jax.vmap(partial(continuous_terms, model, decoder=decoder))(
+            batch, gamma_t, dgamma_t, eps, eps_0
+        )
         return jnp.mean(recon + diffusion + prior), diffusion
 
     (value, diffusion), (g_params, g_gamma, g_dgamma) = jax.value_and_grad(bound, argnums=(0, 1, 2), has_aux=True)(
@@ -279,11 +289,9 @@ def _per_example_continuous(model: VDM, key, x, num_t, decoder):
     t = antithetic_times(key_t, num_t, x.dtype)
     eps = jax.random.normal(key_eps, (num_t,) + x.shape, x.dtype)
     eps_0 = jax.random.normal(key_eps0, (num_t,) + x.shape, x.dtype)
-    gamma_0, gamma_1 = model.schedule.ends()
     gamma_t, dgamma_t = jax.vmap(model.schedule.value_and_derivative)(t)
-    diffusion = jnp.mean(jax.vmap(lambda g, dg, e: diffusion_term(model, x, g, dg, e))(gamma_t, dgamma_t, eps))
-    recon = jnp.mean(jax.vmap(lambda e: reconstruction_term(gamma_0, x, e, decoder, model.prior_logits))(eps_0))
-    prior = prior_term(gamma_1, x)
+    terms = jax.vmap(lambda g, dg, e, e0: continuous_terms(model, x, g, dg, e, e0, decoder))(gamma_t, dgamma_t, eps, eps_0)
+    recon, diffusion, prior = (jnp.mean(term) for term in terms)
     return {"reconstruction": recon, "denoising": diffusion, "prior": prior, "total": recon + diffusion + prior}
 
 
@@ -308,17 +316,6 @@ def _discrete_batch(model, keys, data, T, decoder):
     return jax.vmap(lambda k, x: _per_example_discrete(model, k, x, T, decoder))(keys, data)
 
 
-def _batched(fn, model, key, data, batch_size, *args):
-    data = jnp.asarray(data)
-    n = data.shape[0]
-    keys = jax.random.split(key, n)
-    chunks = [
-        jax.tree_util.tree_map(np.asarray, fn(model, keys[i:i + batch_size], data[i:i + batch_size], *args))
-        for i in range(0, n, batch_size)
-    ]
-    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs).astype(np.float64), *chunks)
-
-
 def bound_estimate(key, model: VDM, data, decoder=Gaussian(), T: int | None = None, num_t_samples: int = 64,
                    batch_size: int = 256) -> BoundEstimate:
     """The negative ELBO of ``data`` (examples along axis 0) under ``model``, in nats and bits per
@@ -335,21 +332,22 @@ def bound_estimate(key, model: VDM, data, decoder=Gaussian(), T: int | None = No
     data = jnp.asarray(data)
     num_dims = int(np.prod(data.shape[1:]))
     if T is None:
-        out = _batched(_continuous_batch, model, key, data, batch_size, int(num_t_samples), decoder)
+        out = per_example_in_batches(lambda keys, rows: _continuous_batch(model, keys, rows, int(num_t_samples), decoder),
+                                     key, data, batch_size)
         per_step = np.zeros((0,))
         denoising = float(out["denoising"].mean())
         estimator = ESTIMATOR_CONTINUOUS.format(k=int(num_t_samples))
     else:
-        out = _batched(_discrete_batch, model, key, data, batch_size, int(T), decoder)
+        out = per_example_in_batches(lambda keys, rows: _discrete_batch(model, keys, rows, int(T), decoder),
+                                     key, data, batch_size)
         per_step = out["denoising_per_step"].mean(axis=0)
         denoising = float(out["denoising_per_step"].sum(axis=1).mean())
         estimator = ESTIMATOR_DISCRETE_ALL
-    nats = mean_and_stderr(out["total"])
-    nats_per_dim = Estimate(nats.value / num_dims, nats.stderr / num_dims)
+    nats, nats_per_dim, bits = bound_estimates(out["total"], num_dims)
     return BoundEstimate(
         nats=nats,
         nats_per_dim=nats_per_dim,
-        bits_per_dim=Estimate(bits_per_dim(nats_per_dim.value), bits_per_dim(nats_per_dim.stderr)),
+        bits_per_dim=bits,
         reconstruction=float(out["reconstruction"].mean()),
         denoising=denoising,
         prior=float(out["prior"].mean()),
