@@ -65,6 +65,27 @@ class Known:
         }
 
 
+@dataclasses.dataclass(frozen=True)
+class Conjugacy:
+    """A model's declaration that it is a conditionally conjugate model of a known form.
+
+    Attributes:
+        form: ``"normal_normal"`` (y_i ~ N(mu, sigma^2), sigma known, mu ~ N(prior_mean,
+            prior_sd^2)), ``"normal_gamma"`` (tau ~ Gamma(a0, b0), mu | tau ~ N(mu0, 1/(lambda0
+            tau)), y_i ~ N(mu, 1/tau)) or ``"gaussian_mixture"`` (mu_k ~ N(0, prior_sd^2 I),
+            x_i ~ (1/K) sum_k N(mu_k, I)).
+        data: the data and hyperparameters the updates need, by name: ``y, sigma, prior_mean,
+            prior_sd``; ``y, mu0, lambda0, a0, b0``; ``x, num_components, prior_sd``.
+
+    Example:
+        >>> Model.from_numpyro(my_model, conjugacy=Conjugacy("normal_normal",
+        ...     {"y": y, "sigma": 2.0, "prior_mean": 0.0, "prior_sd": 10.0}))
+    """
+
+    form: str
+    data: dict = dataclasses.field(default_factory=dict)
+
+
 class Model:
     """A model p(z, x) seen on an unconstrained real pytree ``u``; see the module docstring.
 
@@ -81,6 +102,15 @@ class Model:
         site_log_density_fn: ``u -> dict`` of per-site log densities, used to name the site
             that makes a starting point non-finite.
         known: what is known exactly about the posterior and evidence.
+        prior_is_proper: False when some prior is improper (then KL(q || p(z)) is undefined).
+        gaussian_prior: ``(mean, variance)`` of the prior on the flat unconstrained space when it
+            is an independent Gaussian with fixed parameters (for a closed-form KL), else None.
+        supports: ``{site: constraint}``, each latent site's support (NumPyro constraints), used
+            to check user starting values; empty when unknown.
+        conjugacy: a :class:`Conjugacy` declaring that the model is a conditionally conjugate
+            model of a form with closed-form coordinate-ascent (CAVI) updates, with its data and
+            hyperparameters; None for any other model. CAVI is chosen by this declaration,
+            never by the model's name.
     """
 
     def __init__(
@@ -97,6 +127,8 @@ class Model:
         known: Known | None = None,
         prior_is_proper: bool = True,
         gaussian_prior: tuple[Any, Any] | None = None,
+        supports: dict[str, Any] | None = None,
+        conjugacy: Conjugacy | None = None,
     ):
         if log_joint_fn is None:
             if log_prior_fn is None or log_likelihood_fn is None:
@@ -117,6 +149,15 @@ class Model:
         # (mean, variance) of the prior on the flat unconstrained space when it is an
         # independent Gaussian with fixed parameters, for closed-form KL(q || p(z)).
         self.gaussian_prior = gaussian_prior
+        self.supports = dict(supports or {})
+        self.conjugacy = conjugacy
+
+    @property
+    def parameter_names(self) -> list[str]:
+        """The names of the latent parameters, as ``init=`` and :meth:`unconstrain` take them."""
+        if isinstance(self.init_position, dict):
+            return list(self.init_position)
+        return list(_identity_constrain(self.init_position))
 
     # -- densities ----------------------------------------------------------------------------
     @property
@@ -192,6 +233,7 @@ class Model:
         *model_args,
         name: str | None = None,
         known: Known | None = None,
+        conjugacy: Conjugacy | None = None,
         **model_kwargs,
     ) -> "Model":
         """Build a Model from a NumPyro model function.
@@ -206,7 +248,9 @@ class Model:
             ...     numpyro.sample("k", dist.Binomial(10, p), obs=7)
             >>> Model.from_numpyro(coin).log_joint({"p": jnp.array(0.0)})
         """
-        return _from_numpyro(model_fn, model_args, model_kwargs, name, known)
+        model = _from_numpyro(model_fn, model_args, model_kwargs, name, known)
+        model.conjugacy = conjugacy
+        return model
 
     @classmethod
     def from_log_density(
@@ -294,6 +338,7 @@ class Model:
             site_log_density_fn=site_terms,
             known=known,
             prior_is_proper=prior_is_proper,
+            supports={k: d.support for k, d in prior.items()},
         )
 
 
@@ -323,7 +368,7 @@ def _from_numpyro(model_fn, model_args, model_kwargs, name, known) -> Model:
 
     observed_sites, factor_sites = [], []
     prior_is_proper = True
-    init = {}
+    init, supports = {}, {}
     for site_name, site in discovery.items():
         if site["type"] != "sample":
             continue
@@ -350,6 +395,7 @@ def _from_numpyro(model_fn, model_args, model_kwargs, name, known) -> Model:
         if type(_base_distribution(fn)).__name__ == "ImproperUniform":
             prior_is_proper = False
         transform = transforms.biject_to(fn.support)
+        supports[site_name] = fn.support
         init[site_name] = jnp.zeros(transform.inverse_shape(jnp.shape(site["value"])))
 
     if not init:
@@ -396,6 +442,7 @@ def _from_numpyro(model_fn, model_args, model_kwargs, name, known) -> Model:
         known=known,
         prior_is_proper=prior_is_proper,
         gaussian_prior=_fixed_gaussian_prior(prior_sites, init),
+        supports=supports,
     )
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from elbox.diffusion.decoders import Gaussian
 from elbox.diffusion.process import coefficient, gaussian_kl, p_log_variance, p_mean_variance, q_sample
-from elbox.vi.elbo import Estimate, mean_and_stderr
+from elbox.estimate import Estimate, mean_and_stderr
 
 EpsFn = Callable  # (x_t, t) -> (eps_hat, v or None), for one example
 

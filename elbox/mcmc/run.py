@@ -14,18 +14,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from elbox.errors import InitializationError, SettingsError
-from elbox.mcmc import adaptation, metropolis
+from elbox import checks
+from elbox.errors import SettingsError
+from elbox.initialization import initial_positions
 from elbox.loop import ChunkedLoop, choose_chunk_size
-from elbox.model import Model
+from elbox.mcmc import adaptation, metropolis
 from elbox.models import resolve
 from elbox.precision import full_precision
 from elbox.progress import ProgressBar
 from elbox.results import SamplingResults
 
 METHODS = ("mh",)
-INIT_RADIUS = 2.0
-INIT_ATTEMPTS = 100
 
 
 @full_precision
@@ -74,17 +73,25 @@ def sample(
     """
     tic_total = time.perf_counter()
     model = resolve(model)
-    if method not in METHODS:
-        raise SettingsError(f"Unknown method {method!r}; available: {', '.join(METHODS)}.")
-    _check_count("chains", chains, minimum=1)
-    _check_count("warmup", warmup, minimum=0)
-    _check_count("draws", draws, minimum=1)
+    checks.one_of("method", method, METHODS)
+    chains = checks.count("chains", chains, minimum=1)
+    warmup = checks.count("warmup", warmup, minimum=0)
+    draws = checks.count("draws", draws, minimum=1)
     if chunk_size is not None:
-        _check_count("chunk_size", chunk_size, minimum=1)
-    if scale is not None and not (np.isfinite(scale) and scale > 0):
-        raise SettingsError(f"The proposal scale must be a positive number, got {scale}.")
-    if target_acceptance is not None and not 0 < target_acceptance < 1:
-        raise SettingsError(f"target_acceptance must lie in (0, 1), got {target_acceptance}.")
+        chunk_size = checks.count("chunk_size", chunk_size, minimum=1)
+    if scale is not None:
+        scale = checks.positive("scale", scale)
+    if target_acceptance is not None:
+        target_acceptance = checks.probability("target_acceptance", target_acceptance)
+    if proposal is not None:
+        ignored = [name for name, value in (("scale", scale), ("target_acceptance", target_acceptance))
+                   if value is not None]
+        if ignored:
+            raise SettingsError(
+                f"{' and '.join(ignored)} tune{'s' if len(ignored) == 1 else ''} the adaptive random walk, but a "
+                "proposal was given, which runs as it is without adaptation; drop "
+                f"{' and '.join(ignored)} or the proposal."
+            )
 
     key_init, key_warmup, key_sampling = jax.random.split(key, 3)
     positions, log_densities = initial_positions(model, key_init, chains, init)
@@ -149,80 +156,4 @@ def sample(
         seconds=seconds,
         proposal_scale=np.asarray(final_scales) if proposal is None else None,
         warmup_acceptance_rate=float(np.mean(warmup_acceptance) / warmup) if warmup else None,
-    )
-
-
-def _check_count(name: str, value, minimum: int):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise SettingsError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-
-
-def initial_positions(
-    model: Model,
-    key: jax.Array,
-    chains: int,
-    init: dict[str, Any] | None,
-) -> tuple[jax.Array, jax.Array]:
-    """Flat unconstrained starting points, one row per chain, and their finite log densities.
-
-    With ``init`` (constrained values) every chain starts there. Otherwise each chain draws
-    ``model.init_position + U(-2, 2)`` coordinate-wise (Stan's default), redrawing the chains
-    whose log density is not finite up to 100 times.
-
-    Raises:
-        InitializationError: naming the sites whose log density is not finite.
-    """
-    if init is not None:
-        batch_log_density = jax.jit(jax.vmap(model.flat_log_joint))
-        try:
-            u = model.unconstrain(init)
-        except KeyError as err:
-            raise InitializationError(f"The initial values lack the parameter {err}.") from err
-        flat = model.ravel(u)
-        _require_finite(model, flat, "the given initial values")
-        positions = jnp.broadcast_to(flat, (chains, flat.size))
-        return positions, batch_log_density(positions)
-
-    center = np.asarray(model.ravel(model.init_position))
-
-    @jax.jit
-    def attempt(key, attempt_index, positions, finite):
-        """Redraw the chains that are not finite yet; one compiled program for every attempt."""
-        # Drawn flat and reshaped: the same numbers, a much faster compilation.
-        draw = center + jax.random.uniform(
-            jax.random.fold_in(key, attempt_index), (chains * center.size,), center.dtype, -INIT_RADIUS, INIT_RADIUS
-        ).reshape(chains, center.size)
-        positions = jnp.where(finite[:, None], positions, draw)
-        return positions, jax.vmap(model.flat_log_joint)(positions)
-
-    positions = np.zeros((chains, center.size), center.dtype)
-    finite = np.zeros(chains, bool)
-    for attempt_index in range(INIT_ATTEMPTS):
-        positions, log_densities = attempt(key, attempt_index, positions, finite)
-        finite = np.isfinite(np.asarray(log_densities))
-        if finite.all():
-            return positions, log_densities
-    bad = positions[int(np.argmin(finite))]
-    _require_finite(model, bad, f"{INIT_ATTEMPTS} random starting points in [-2, 2]")
-    raise AssertionError("unreachable: _require_finite raised")
-
-
-def _require_finite(model: Model, flat: jax.Array, where: str):
-    u = model.unravel(flat)
-    total = jax.jit(model.log_joint)(u)
-    if np.isfinite(float(total)):
-        return
-    terms = model.site_log_densities(u)
-    constrained = model.constrain(u)
-    bad = [name for name, value in terms.items() if not np.isfinite(float(value))]
-    described = []
-    for name in bad:
-        site = name[1:-len("_log_det")] if name.startswith("_") and name.endswith("_log_det") else name
-        value = constrained.get(site)
-        shown = "" if value is None else f" at {site} = {np.array2string(np.asarray(value), precision=4, threshold=6)}"
-        described.append(f"site {name}: log density {float(terms[name])}{shown}")
-    raise InitializationError(
-        f"The log density of model '{model.name}' is not finite at {where}: "
-        + ("; ".join(described) or f"total {float(total)}")
-        + ". Check the data and the supports of these parameters, or pass valid starting values with init=."
     )

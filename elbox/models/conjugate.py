@@ -6,13 +6,15 @@ densities that the samplers see, so that agreement between the two is a real che
 
 from __future__ import annotations
 
+import math
+
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from scipy import special, stats
 
-from elbox.model import Known, Model
+from elbox.model import Conjugacy, Known, Model
 from elbox.models._registry import load_data, register
 
 
@@ -46,8 +48,9 @@ def normal_normal_exact(y, sigma, prior_mean, prior_sd) -> Known:
 def normal_normal() -> Model:
     data = load_data("normal_normal.json")
     args = (np.asarray(data["y"]), data["sigma"], data["prior_mean"], data["prior_sd"])
+    conjugacy = Conjugacy("normal_normal", dict(zip(("y", "sigma", "prior_mean", "prior_sd"), args)))
     return Model.from_numpyro(
-        normal_normal_numpyro, *args, name="normal_normal", known=normal_normal_exact(*args)
+        normal_normal_numpyro, *args, name="normal_normal", known=normal_normal_exact(*args), conjugacy=conjugacy
     )
 
 
@@ -150,13 +153,29 @@ def normal_gamma_numpyro(y, mu0, lambda0, a0, b0):
         numpyro.sample("y", dist.Normal(mu, 1.0 / jnp.sqrt(tau)), obs=y)
 
 
+def normal_gamma_log_evidence(y, mu0, lambda0, a0, b0) -> float:
+    """Exact log p(y) of the Normal-Gamma model (conjugate; float64 numpy):
+
+        log p(y) = lgamma(a_N) - lgamma(a0) + a0 log b0 - a_N log b_N
+                   + 1/2 log(lambda0 / lambda_N) - n/2 log(2 pi),
+    with lambda_N = lambda0 + n, a_N = a0 + n/2,
+    b_N = b0 + 1/2 sum_i (y_i - ybar)^2 + lambda0 n (ybar - mu0)^2 / (2 (lambda0 + n)).
+    """
+    y = np.asarray(y, dtype=np.float64).ravel()
+    n = y.size
+    ybar = y.mean()
+    lambda_N = lambda0 + n
+    a_N = a0 + 0.5 * n
+    b_N = b0 + 0.5 * np.sum((y - ybar) ** 2) + lambda0 * n * (ybar - mu0) ** 2 / (2 * lambda_N)
+    return float(special.gammaln(a_N) - special.gammaln(a0) + a0 * math.log(b0) - a_N * math.log(b_N)
+                 + 0.5 * math.log(lambda0 / lambda_N) - 0.5 * n * math.log(2 * math.pi))
+
+
 def normal_gamma_exact(y, mu0, lambda0, a0, b0) -> Known:
     """Posterior tau | y ~ Gamma(a_n, b_n), mu | y ~ Student-t(2 a_n, mu_n, b_n / (a_n lambda_n)):
     lambda_n = lambda0 + n, mu_n = (lambda0 mu0 + n ybar) / lambda_n, a_n = a0 + n/2,
     b_n = b0 + 1/2 sum (y_i - ybar)^2 + lambda0 n (ybar - mu0)^2 / (2 lambda_n);
     log p(y) = lgamma(a_n) - lgamma(a0) + a0 log b0 - a_n log b_n + 1/2 log(lambda0/lambda_n) - n/2 log 2 pi."""
-    from elbox.vi.cavi import normal_gamma_log_evidence
-
     y = np.asarray(y, dtype=np.float64)
     n, ybar = y.size, y.mean()
     lambda_n = lambda0 + n
@@ -181,4 +200,6 @@ def normal_gamma_data():
 @register("normal_gamma", "mean and precision of 20 normal draws; normal-gamma prior (the data of normal_normal)")
 def normal_gamma() -> Model:
     args = normal_gamma_data()
-    return Model.from_numpyro(normal_gamma_numpyro, *args, name="normal_gamma", known=normal_gamma_exact(*args))
+    conjugacy = Conjugacy("normal_gamma", dict(zip(("y", "mu0", "lambda0", "a0", "b0"), args)))
+    return Model.from_numpyro(normal_gamma_numpyro, *args, name="normal_gamma", known=normal_gamma_exact(*args),
+                              conjugacy=conjugacy)

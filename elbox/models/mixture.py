@@ -7,7 +7,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-from elbox.model import Known, Model
+from elbox.model import Conjugacy, Known, Model
 from elbox.models._registry import load_data, register
 
 
@@ -32,4 +32,7 @@ def gaussian_mixture_data():
 @register("gaussian_mixture", "300 points from a mixture of 3 unit-variance Gaussians in 2-d; N(0, 5^2) prior on the means")
 def gaussian_mixture() -> Model:
     known = Known(source="nothing exact: the posterior has K! symmetric modes (label switching)")
-    return Model.from_numpyro(gaussian_mixture_numpyro, *gaussian_mixture_data(), name="gaussian_mixture", known=known)
+    args = gaussian_mixture_data()
+    conjugacy = Conjugacy("gaussian_mixture", dict(zip(("x", "num_components", "prior_sd"), args)))
+    return Model.from_numpyro(gaussian_mixture_numpyro, *args, name="gaussian_mixture", known=known,
+                              conjugacy=conjugacy)

@@ -1,13 +1,10 @@
-"""Plots saved as PNG files (matplotlib's Agg backend: no screen needed)."""
+"""Plots saved as PNG files. The backend is left to the user (the command line chooses Agg)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 from elbox.results import SamplingResults  # noqa: E402
 

@@ -46,9 +46,10 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import digamma, gammaln, logsumexp
-from scipy.special import gammaln as np_gammaln
+from jax.scipy.special import digamma, gammaln
 from scipy.special import logsumexp as np_logsumexp
+
+from elbox.models.conjugate import normal_gamma_log_evidence
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -400,24 +401,6 @@ def normal_gamma_elbo_parts(y, mu0, lambda0, a0, b0, mu_n, lambda_n, a_n, b_n):
     h_mu = 0.5 * (LOG_2PI + 1 - jnp.log(lambda_n))
     h_tau = a_n - jnp.log(b_n) + gammaln(a_n) + (1 - a_n) * digamma(a_n)
     return e_loglik, -(e_log_p_mu + e_log_p_tau + h_mu + h_tau)
-
-
-def normal_gamma_log_evidence(y, mu0, lambda0, a0, b0) -> float:
-    """Exact log p(y) of the Normal-Gamma model (conjugate; float64 numpy):
-
-        log p(y) = lgamma(a_N) - lgamma(a0) + a0 log b0 - a_N log b_N
-                   + 1/2 log(lambda0 / lambda_N) - n/2 log(2 pi),
-    with lambda_N = lambda0 + n, a_N = a0 + n/2,
-    b_N = b0 + 1/2 sum_i (y_i - ybar)^2 + lambda0 n (ybar - mu0)^2 / (2 (lambda0 + n)).
-    """
-    y = np.asarray(y, dtype=np.float64).ravel()
-    n = y.size
-    ybar = y.mean()
-    lambda_N = lambda0 + n
-    a_N = a0 + 0.5 * n
-    b_N = b0 + 0.5 * np.sum((y - ybar) ** 2) + lambda0 * n * (ybar - mu0) ** 2 / (2 * lambda_N)
-    return float(np_gammaln(a_N) - np_gammaln(a0) + a0 * math.log(b0) - a_N * math.log(b_N)
-                 + 0.5 * math.log(lambda0 / lambda_N) - 0.5 * n * LOG_2PI)
 
 
 @functools.partial(jax.jit, static_argnames=("max_iterations",))

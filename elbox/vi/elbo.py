@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from elbox.estimate import Estimate, mean_and_stderr
 from elbox.precision import full_precision
 
 ESTIMATORS = ("auto", "reparam", "stl", "score")
@@ -80,21 +81,6 @@ def leave_one_out_mean(values: jax.Array) -> jax.Array:
     """b_i = mean of the other n - 1 values."""
     n = values.shape[0]
     return (jnp.sum(values) - values) / (n - 1)
-
-
-class Estimate(NamedTuple):
-    """A Monte Carlo estimate with its standard error (0 for a closed form)."""
-
-    value: float
-    stderr: float
-
-    def as_dict(self) -> dict:
-        return {"value": self.value, "stderr": self.stderr}
-
-
-def mean_and_stderr(values) -> Estimate:
-    values = np.asarray(values, dtype=np.float64)
-    return Estimate(float(values.mean()), float(values.std(ddof=1) / np.sqrt(values.size)))
 
 
 def gaussian_kl(mean_q, cov_q, mean_p, cov_p) -> float:

@@ -13,7 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from elbox.errors import FittingError, SettingsError
+from elbox import checks
+from elbox.errors import SettingsError
+from elbox.initialization import initial_positions
 from elbox.loop import ChunkedLoop
 from elbox.models import resolve
 from elbox.precision import full_precision
@@ -22,6 +24,7 @@ from elbox.vi.elbo import ESTIMATORS, evaluate_elbo, surrogate_loss
 from elbox.vi.families import FAMILIES, make_family
 from elbox.vi.results import FitResults
 
+METHODS = (*FAMILIES, "cavi")
 # The host looks at the ELBO trace after every window of at least this many steps.
 MIN_WINDOW = 100
 
@@ -48,7 +51,11 @@ def fit(
     Args:
         model: a built-in model name, a NumPyro model function or an :class:`~elbox.Model`.
         key: a JAX PRNG key; the same key gives the same fit.
-        method: the family: ``"meanfield"``, ``"fullrank"`` or ``"flow"``.
+        method: the family: ``"meanfield"``, ``"fullrank"`` or ``"flow"``; or ``"cavi"``:
+            coordinate ascent with the ELBO in closed form, for a model that declares a
+            conjugate form (:class:`~elbox.model.Conjugacy`; the built-in ``normal_normal``,
+            ``normal_gamma`` and ``gaussian_mixture`` do). CAVI takes only ``steps`` (its
+            largest number of sweeps) and ``eval_samples`` (draws from q).
         steps: the largest number of optimisation steps.
         learning_rate: Adam's step size (a float or an optax schedule); ignored with ``optimizer``.
             Default: 0.01 for the Gaussian families, 0.003 for the flow.
@@ -78,12 +85,14 @@ def fit(
         :class:`~elbox.vi.results.FitResults`: the ELBO in both forms with standard errors,
         log p(x) where known, the gap, the ELBO trace, draws from q and timings.
     """
-    from elbox.mcmc.run import _check_count, initial_positions
-
     tic_total = time.perf_counter()
     model = resolve(model)
-    if method not in FAMILIES:
-        raise SettingsError(f"Unknown method {method!r}; choose one of {', '.join(FAMILIES)} (or cavi).")
+    checks.one_of("method", method, METHODS)
+    if method == "cavi":
+        return _fit_cavi(model, key, steps=steps, eval_samples=eval_samples, tic_total=tic_total,
+                         ignored={"learning_rate": learning_rate, "optimizer": optimizer, "num_samples": num_samples,
+                                  "estimator": estimator, "init": init, "family_options": family_options,
+                                  "stop_when_flat": None if stop_when_flat else False})
     flow = method == "flow"
     if learning_rate is None:
         learning_rate = 0.003 if flow else 0.01
@@ -93,14 +102,14 @@ def fit(
         estimator = "reparam" if method == "flow" else "auto"
     if estimator not in ESTIMATORS:
         raise SettingsError(f"Unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}.")
-    _check_count("steps", steps, minimum=1)
-    _check_count("num_samples", num_samples, minimum=1)
-    _check_count("eval_samples", eval_samples, minimum=2)
+    steps = checks.count("steps", steps, minimum=1)
+    num_samples = checks.count("num_samples", num_samples, minimum=1)
+    eval_samples = checks.count("eval_samples", eval_samples, minimum=2)
     if estimator == "score" and num_samples < 2:
         raise SettingsError("The score-function estimator needs num_samples >= 2 for its control variate.")
+    optimizer_given = optimizer is not None
     if optimizer is None:
-        if not callable(learning_rate) and not (np.isfinite(learning_rate) and learning_rate > 0):
-            raise SettingsError(f"learning_rate must be a positive number, got {learning_rate}.")
+        learning_rate = checks.learning_rate(learning_rate)
         optimizer = optax.adam(learning_rate)
 
     key_init, key_family, key_fit, key_eval = jax.random.split(key, 4)
@@ -132,7 +141,11 @@ def fit(
                             "stl_weight": jnp.asarray(float(schedule.annealing), loc.dtype)})
             carry, seconds_fitting = run.carry, seconds_fitting + run.seconds
             windows.append(np.asarray(run.outputs, dtype=np.float64))
-            _check_finite(windows, window, learning_rate, method, model.name)
+            bad = np.flatnonzero(~np.isfinite(windows[-1]))
+            if bad.size:
+                raise checks.non_finite_loss(
+                    f"ELBO of fitting {method} q to '{model.name}'", index * window + int(bad[0]), steps,
+                    learning_rate, optimizer_given, "or more draws per step (num_samples)")
             bar.update(length, elbo=f"{windows[-1].mean():.3f}")
             if schedule.observe(np.concatenate(windows)):
                 break
@@ -144,8 +157,24 @@ def fit(
     results = FitResults(
         model=model, method=method, estimator=estimator, family=family, params=params,
         report=report, trace=trace, steps=steps, constrained_draws=constrained, seconds=seconds,
-        stopped_early=trace.size < steps,
+        stopped_early=trace.size < steps, converged=schedule.plateau_step is not None if stop_when_flat else None,
     )
+    results.seconds["total"] = time.perf_counter() - tic_total
+    return results
+
+
+def _fit_cavi(model, key, *, steps, eval_samples, tic_total, ignored) -> FitResults:
+    """``fit(method="cavi")``: the model's declared closed-form updates, ``steps`` sweeps at most."""
+    from elbox.vi.cavi_models import fit_cavi
+
+    given = [name for name, value in ignored.items() if value is not None]
+    if given:
+        raise SettingsError(
+            f"{', '.join(given)} {'has' if len(given) == 1 else 'have'} no meaning for CAVI, whose updates are "
+            "closed-form coordinate steps (no optimiser, draws, estimator or starting point); drop "
+            f"{'it' if len(given) == 1 else 'them'} or choose a gradient family: {', '.join(FAMILIES)}."
+        )
+    results = fit_cavi(model, key, max_iterations=steps, num_draws=eval_samples)
     results.seconds["total"] = time.perf_counter() - tic_total
     return results
 
@@ -169,6 +198,7 @@ class PlateauThenAnneal:
         self.done = 0
         self.anneal_start: int | None = None
         self.anneal_length = 0
+        self.plateau_step: int | None = None  # where the ELBO was found flat, if it was
 
     @property
     def annealing(self) -> bool:
@@ -188,6 +218,7 @@ class PlateauThenAnneal:
             return False
         if self.anneal_start is None:
             if self.done >= max(4 * self.window, self.steps // 5) and plateaued(trace):
+                self.plateau_step = self.done
                 self._start_anneal(max(2 * self.window, self.done // 4))
             elif self.done >= 0.8 * self.steps:
                 self._start_anneal(self.steps - self.done)
@@ -215,15 +246,3 @@ def _median_stderr(values: np.ndarray) -> float:
     """sqrt(pi/2) * sigma / sqrt(n), sigma estimated as 1.4826 * MAD (exact for a normal sample)."""
     sigma = 1.4826 * np.median(np.abs(values - np.median(values)))
     return float(1.2533 * sigma / np.sqrt(values.size))
-
-
-def _check_finite(windows: list[np.ndarray], window: int, learning_rate, method: str, model_name: str):
-    bad = np.flatnonzero(~np.isfinite(windows[-1]))
-    if bad.size:
-        step = (len(windows) - 1) * window + int(bad[0])
-        rate = f"{learning_rate:g}" if not callable(learning_rate) else "the schedule's"
-        raise FittingError(
-            f"The ELBO became non-finite at step {step} of fitting {method} q to '{model_name}'. "
-            f"The step size is probably too large: try a smaller learning rate than {rate} "
-            "(a tenth of it, say), or more draws per step (num_samples)."
-        )

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from elbox.model import Model
-from elbox.vi.elbo import ElboReport, Estimate
+from elbox.estimate import Estimate
+from elbox.vi.elbo import ElboReport
 
 
 @dataclasses.dataclass
@@ -24,6 +25,9 @@ class FitResults:
         trace: the per-step ELBO estimates seen by the optimiser.
         steps: the largest number of steps asked for; ``trace.size`` were run.
         stopped_early: whether the stopping rule ended the fit before ``steps``.
+        converged: True when the stopping rule found the ELBO flat (CAVI: its tolerance was met),
+            False when the steps ran out first (the ELBO may still be rising: fit longer), None
+            when no stopping rule was asked for.
         constrained_draws: draws from q of the constrained parameters (leading axis: draws);
             :attr:`inference_data` wraps them for ArviZ on first use.
         seconds: ``{"compile", "fitting", "total"}``.
@@ -40,6 +44,7 @@ class FitResults:
     stopped_early: bool
     constrained_draws: dict
     seconds: dict[str, float]
+    converged: bool | None = None
 
     @functools.cached_property
     def inference_data(self):

@@ -1,0 +1,7 @@
+"""``python -m elbox.cli``: the same as the ``elbox`` command."""
+
+import sys
+
+from elbox.cli import main
+
+sys.exit(main())

@@ -1,0 +1,156 @@
+"""``elbox sample``, ``elbox fit``, ``elbox models`` and ``elbox tour``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from elbox.errors import SettingsError
+from elbox.cli.common import _count, _positive_float, _probability, load_model, write_json
+
+
+def add_parsers(commands):
+    sample = commands.add_parser("sample", help="draw from a posterior with MCMC and summarise the draws")
+    sample.add_argument("model", metavar="MODEL", help="built-in model name or path/to/file.py:NAME")
+    sample.add_argument("--method", default="mh", choices=["mh"], help="sampler (default: mh)")
+    sample.add_argument("--chains", type=_count(1), default=4, help="number of chains (default: 4)")
+    sample.add_argument("--warmup", type=_count(0), default=1000, help="warm-up steps per chain (default: 1000)")
+    sample.add_argument("--draws", type=_count(1), default=1000, help="kept draws per chain (default: 1000)")
+    sample.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    sample.add_argument("--scale", type=_positive_float, default=None,
+                        help="initial random-walk scale (default: 2.38 / sqrt(dimension))")
+    sample.add_argument("--target-acceptance", type=_probability, default=None,
+                        help="target acceptance rate during warm-up (default: 0.234, 0.44 in 1-d)")
+    sample.add_argument("--json", metavar="PATH", type=Path, help="write the summary as JSON to PATH")
+    sample.add_argument("--out", metavar="DIR", type=Path, help="save the draws (netCDF) and a trace plot in DIR")
+    sample.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    sample.set_defaults(handler=run_sample)
+
+    fit = commands.add_parser("fit", help="fit a variational family by maximising the ELBO; show the gap to log p(x)")
+    fit.add_argument("model", metavar="MODEL", help="built-in model name or path/to/file.py:NAME")
+    fit.add_argument("--method", default="meanfield", choices=["meanfield", "fullrank", "flow", "cavi"],
+                     help="variational family, or cavi for coordinate ascent (default: meanfield)")
+    fit.add_argument("--steps", type=_count(1), default=10_000, help="largest number of optimisation steps (default: 10000)")
+    fit.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    fit.add_argument("--learning-rate", type=_positive_float, default=None,
+                     help="Adam's step size (default: 0.01, 0.003 for flow)")
+    fit.add_argument("--samples", type=_count(1), default=None,
+                     help="draws from q per gradient step (default: 1, 8 for flow)")
+    fit.add_argument("--estimator", default=None, choices=["auto", "reparam", "stl", "score"],
+                     help="ELBO gradient estimator (default: auto for meanfield/fullrank, reparam for flow)")
+    fit.add_argument("--no-stop", action="store_true", help="run all steps: no stopping rule, constant step size")
+    fit.add_argument("--json", metavar="PATH", type=Path, help="write the results as JSON to PATH")
+    fit.add_argument("--out", metavar="DIR", type=Path, help="save q's draws (netCDF) and the ELBO trace plot in DIR")
+    fit.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    fit.set_defaults(handler=run_fit)
+
+    models = commands.add_parser("models", help="list the built-in models and what is known exactly about each")
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.set_defaults(handler=run_models)
+
+    tour = commands.add_parser("tour", help="the guided tour: run elbox on built-in models and save the results")
+    tour.add_argument("--out", metavar="DIR", type=Path, default=Path("elbox-tour"),
+                      help="folder for the tour's tables and plots (default: ./elbox-tour)")
+    tour.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    tour.set_defaults(handler=run_tour)
+
+
+
+def run_sample(args) -> int:
+    import jax
+
+    from elbox.mcmc.run import sample
+    from elbox.report.summary import sampling_json, sampling_text
+
+    model = load_model(args.model)
+    results = sample(
+        model,
+        jax.random.key(args.seed),
+        method=args.method,
+        chains=args.chains,
+        warmup=args.warmup,
+        draws=args.draws,
+        scale=args.scale,
+        target_acceptance=args.target_acceptance,
+        progress=not args.no_progress,
+    )
+    print(sampling_text(results, model_label=args.model))
+    if args.json:
+        write_json(args.json, sampling_json(results, model_label=args.model, seed=args.seed))
+        print(f"summary written to {args.json}")
+    if args.out:
+        from elbox.report.plots import save_sampling_outputs
+
+        written = save_sampling_outputs(results, args.out)
+        print("saved: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def run_fit(args) -> int:
+    import jax
+
+    from elbox.report.summary import fit_json, fit_text
+
+    from elbox.vi.fit import fit
+
+    model = load_model(args.model)
+    if args.method == "cavi":
+        given = [flag for flag, value in (("--learning-rate", args.learning_rate), ("--samples", args.samples),
+                                          ("--estimator", args.estimator), ("--no-stop", args.no_stop or None))
+                 if value is not None]
+        if given:
+            raise SettingsError(f"{', '.join(given)} {'has' if len(given) == 1 else 'have'} no meaning for "
+                                "--method cavi (closed-form coordinate updates); drop them or choose "
+                                "meanfield, fullrank or flow.")
+        results = fit(model, jax.random.key(args.seed), method="cavi", steps=args.steps, progress=not args.no_progress)
+    else:
+        results = fit(
+            model,
+            jax.random.key(args.seed),
+            method=args.method,
+            steps=args.steps,
+            learning_rate=args.learning_rate,
+            num_samples=args.samples,
+            estimator=args.estimator,
+            stop_when_flat=not args.no_stop,
+            progress=not args.no_progress,
+        )
+    print(fit_text(results, model_label=args.model))
+    if args.json:
+        write_json(args.json, fit_json(results, model_label=args.model, seed=args.seed))
+        print(f"results written to {args.json}")
+    if args.out:
+        from elbox.report.plots import elbo_trace_plot
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        draws_path = args.out / "q_draws.nc"
+        results.inference_data.to_netcdf(str(draws_path))
+        written = [draws_path, elbo_trace_plot(results, args.out / "elbo_trace.png")]
+        print("saved: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def run_models(args) -> int:
+    from elbox.models import describe, names
+
+    rows = [describe(name) for name in names()]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'name':<{width}}  {'dim':>4}  {'posterior':<9}  {'log p(x)':>10}  summary")
+    for r in rows:
+        evidence = r["known"]["log_evidence"]
+        shown = f"{evidence:10.3f}" if evidence is not None else f"{'unknown':>10}"
+        moments = r["known"]["posterior_moments"] or "unknown"
+        print(f"{r['name']:<{width}}  {r['dimension']:>4}  {moments:<9}  {shown}  {r['summary']}")
+    return 0
+
+
+def run_tour(args) -> int:
+    from elbox.report.tour import run_tour as tour
+
+    tour(args.out, seed=args.seed, echo=print)
+    return 0
+
+
