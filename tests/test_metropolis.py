@@ -17,7 +17,7 @@ import elbox
 from elbox.errors import InitializationError, SettingsError
 from elbox.mcmc import adaptation, metropolis
 
-Z = 4.0
+from conftest import Z  # the z-threshold of the statistical tests
 
 
 def z_scores(results, known):

@@ -17,7 +17,7 @@ from elbox.models.conjugate import linear_regression_data, linear_regression_pos
 from elbox.vi.elbo import gaussian_kl, loglik_minus_kl, surrogate_loss
 from elbox.vi.families import FullRank, MeanField
 
-Z = 4.0
+from conftest import Z  # the z-threshold of the statistical tests
 
 
 @pytest.mark.parametrize("name", ["normal_normal", "linear_regression", "beta_binomial"])
