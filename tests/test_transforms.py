@@ -315,7 +315,18 @@ def test_log_prior_is_the_sum_of_the_site_terms(jacobian_check):
 
 
 def test_x64_stays_local():
+    """Float64 is switched on only inside ``jax.enable_x64(True)`` blocks, as in the checks of
+    this module: after elbox has computed in float64, the caller's default dtype is float32
+    again. Self-contained (its own float64 block first), so it fails on a leak whichever tests
+    ran before it; run after the module's other float64 blocks, it checks those too."""
+    model = Model.from_numpyro(dependent)
+    with jax.enable_x64(True):
+        inside = jax.jit(model.log_prior)(model.unravel(jnp.array([0.4, -0.9], dtype=jnp.float64)))
+    assert inside.dtype == jnp.float64  # the block really computed in float64
+    assert not jax.config.jax_enable_x64
     assert jnp.zeros(()).dtype == jnp.float32
+    assert jnp.asarray(1.0).dtype == jnp.float32
+    assert jax.jit(model.log_prior)(model.init_position).dtype == jnp.float32
 
 
 # -- normalisation: the chart is the density's reference measure --------------------------------
