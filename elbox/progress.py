@@ -1,16 +1,34 @@
-"""Progress on the host between compiled chunks: a tqdm bar, a user callback, or nothing."""
+"""Progress on the host between compiled chunks: a bar on a terminal, a line per phase in a log.
+
+With ``progress=True`` the output follows where stderr goes: a terminal (or a notebook) gets a
+tqdm bar; a file or a pipe gets one line per finished phase (no carriage-return updates filling
+a log). A callback ``(phase, steps_done, steps_total)`` is called after every chunk instead.
+"""
 
 from __future__ import annotations
 
+import sys
+import time
 from typing import Callable
+
+
+def _interactive() -> bool:
+    """Whether stderr is a terminal, or elbox runs inside a notebook kernel (tqdm draws a widget there)."""
+    if "ipykernel" in sys.modules:
+        return True
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 class ProgressBar:
     """Counts steps across phases (warm-up, sampling, fitting).
 
     Args:
-        progress: ``True`` for a tqdm bar on stderr, ``False`` for none, or a callback
-            ``(phase, steps_done, steps_total)`` called after every chunk.
+        progress: ``True`` for progress on stderr (a tqdm bar on a terminal, one line per
+            phase otherwise), ``False`` for none, or a callback ``(phase, steps_done,
+            steps_total)`` called after every chunk.
         total: steps in all phases together.
         description: the bar's label.
     """
@@ -21,7 +39,9 @@ class ProgressBar:
         self.current_phase = ""
         self.callback = progress if callable(progress) else None
         self.bar = None
-        if progress is True:
+        self.log_lines = progress is True and not _interactive()
+        self._phase_start = (0, time.perf_counter())
+        if progress is True and not self.log_lines:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, desc=description, unit="step", leave=False, dynamic_ncols=True)
@@ -29,15 +49,19 @@ class ProgressBar:
 
     @property
     def enabled(self) -> bool:
+        """Whether something moves after every chunk (a bar or a callback), so chunks should be short."""
         return self.bar is not None or self.callback is not None
 
     def phase(self, name: str):
+        self._log_phase()
         self.current_phase = name
+        self._phase_start = (self.done, time.perf_counter())
         if self.bar is not None:
             self.bar.set_description(f"{self.description} [{name}]")
 
     def update(self, steps: int, **postfix):
         self.done += steps
+        self._postfix = postfix
         if self.bar is not None:
             self.bar.update(steps)
             if postfix:
@@ -45,10 +69,22 @@ class ProgressBar:
         if self.callback is not None:
             self.callback(self.current_phase, self.done, self.total)
 
+    def _log_phase(self):
+        """One line for the phase that just ended (logs only)."""
+        start, tic = self._phase_start
+        steps = self.done - start
+        if not self.log_lines or not self.current_phase or steps == 0:
+            return
+        extra = "".join(f", {k} {v}" for k, v in getattr(self, "_postfix", {}).items())
+        print(f"{self.description}: {self.current_phase} {steps} steps in {time.perf_counter() - tic:.1f} s"
+              f" ({self.done}/{self.total}{extra})", file=sys.stderr, flush=True)
+
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
+        if exc[0] is None:
+            self._log_phase()
         if self.bar is not None:
             self.bar.close()
         return False

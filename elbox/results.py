@@ -10,6 +10,7 @@ and the rest of ArviZ work on ``results.inference_data`` directly.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 import jax
@@ -17,6 +18,8 @@ import numpy as np
 
 from elbox.model import Model
 
+# ArviZ's ESS, MCSE and R-hat need at least this many draws per chain; below it they are NaN.
+MIN_DRAWS_FOR_DIAGNOSTICS = 4
 SUMMARY_COLUMNS = ("mean", "sd", "mcse_mean", "ess_bulk", "ess_tail", "r_hat")
 
 
@@ -88,7 +91,15 @@ class SamplingResults:
             "5%": lambda x: np.quantile(x, 0.05),
             "95%": lambda x: np.quantile(x, 0.95),
         }
-        table = az.summary(self.inference_data, kind="all", stat_funcs=quantiles, extend=True, round_to="none")
+        if self.draws >= MIN_DRAWS_FOR_DIAGNOSTICS:
+            table = az.summary(self.inference_data, kind="all", stat_funcs=quantiles, extend=True, round_to="none")
+        else:  # the diagnostics are undefined (NaN): not asked of ArviZ, which would warn
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # the sd of a single draw
+                table = az.summary(self.inference_data, kind="stats", stat_funcs=quantiles, extend=True,
+                                   round_to="none")
+            for column in ("mcse_mean", "mcse_sd", "ess_bulk", "ess_tail", "r_hat"):
+                table[column] = np.nan
         hdi = [c for c in table.columns if c.startswith("hdi_")]
         ordered = ["mean", "sd", "5%", "95%", "mcse_mean", "mcse_sd", "ess_bulk", "ess_tail", "r_hat"]
         return table.drop(columns=hdi)[ordered]

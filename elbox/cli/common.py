@@ -41,11 +41,40 @@ def _probability(text: str) -> float:
     return value
 
 
+def _seed(text: str) -> int:
+    from elbox import checks
+    from elbox.errors import SettingsError
+
+    try:
+        return checks.seed(int(text))
+    except ValueError as err:
+        message = str(err) if isinstance(err, SettingsError) else f"expected a whole number, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
+def check_outputs(args, file_flags=("json",), folder_flags=("out",)):
+    """Check, before any work, that the files and folders the command will write can be written."""
+    from elbox import checks
+
+    for flag in file_flags:
+        if getattr(args, flag, None) is not None:
+            checks.writable_file(getattr(args, flag), f"--{flag}")
+    for flag in folder_flags:
+        if getattr(args, flag, None) is not None:
+            checks.writable_folder(getattr(args, flag), f"--{flag}")
+
+
 def load_model(spec: str):
     """A built-in model by name, or NAME from a Python file given as ``path/to/file.py:NAME``."""
     from elbox.model import Model
     from elbox.models import get, resolve
 
+    if spec.endswith(".py"):
+        raise ModelError(
+            f"{spec} is a Python file; name the model in it as {spec}:NAME, where NAME is a NumPyro model "
+            "function taking no arguments or an elbox.Model"
+            + (f" (names it defines: {', '.join(_defined_names(Path(spec)))})." if Path(spec).is_file() else ".")
+        )
     if ":" not in spec or not spec.split(":", 1)[0].endswith(".py"):
         return get(spec)
     path_text, name = spec.rsplit(":", 1)
@@ -58,9 +87,10 @@ def load_model(spec: str):
         module_spec.loader.exec_module(module)
     except Exception as err:
         raise ModelError(f"Running {path} failed: {type(err).__name__}: {err}") from err
+    if not name:
+        raise ModelError(f"{spec} names no model after the colon; write {path}:NAME.")
     if not hasattr(module, name):
-        defined = sorted(k for k, v in vars(module).items() if not k.startswith("_") and (callable(v) or isinstance(v, Model)))
-        raise ModelError(f"{path} defines no {name!r}. Names it defines: {', '.join(defined) or 'none'}.")
+        raise ModelError(f"{path} defines no {name!r}. Names it defines: {', '.join(_defined(module)) or 'none'}.")
     obj = getattr(module, name)
     if not (isinstance(obj, Model) or callable(obj)):
         raise ModelError(f"{path}:{name} is a {type(obj).__name__}, not a NumPyro model function or an elbox Model.")
@@ -69,6 +99,29 @@ def load_model(spec: str):
         model.name = spec
     return model
 
+
+
+def _defined(module) -> list[str]:
+    """The public functions and Models a module defines (classes and imported modules left out)."""
+    import inspect
+
+    from elbox.model import Model
+
+    return sorted(
+        k for k, v in vars(module).items()
+        if not k.startswith("_") and (isinstance(v, Model) or (inspect.isfunction(v) and v.__module__ == module.__name__))
+    )
+
+
+def _defined_names(path: Path) -> list[str]:
+    """The top-level function names in a Python file, read without running it."""
+    import ast
+
+    try:
+        tree = ast.parse(path.read_text())
+    except (OSError, SyntaxError, ValueError):
+        return []
+    return [node.name for node in tree.body if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")] or ["none"]
 
 
 def write_json(path: Path, payload: dict):

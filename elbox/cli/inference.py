@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from elbox.errors import SettingsError
-from elbox.cli.common import _count, _positive_float, _probability, load_model, write_json
+from elbox.cli.common import _count, _positive_float, _probability, _seed, check_outputs, load_model, write_json
 
 
 def add_parsers(commands):
@@ -16,7 +16,7 @@ def add_parsers(commands):
     sample.add_argument("--chains", type=_count(1), default=4, help="number of chains (default: 4)")
     sample.add_argument("--warmup", type=_count(0), default=1000, help="warm-up steps per chain (default: 1000)")
     sample.add_argument("--draws", type=_count(1), default=1000, help="kept draws per chain (default: 1000)")
-    sample.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    sample.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     sample.add_argument("--scale", type=_positive_float, default=None,
                         help="initial random-walk scale (default: 2.38 / sqrt(dimension))")
     sample.add_argument("--target-acceptance", type=_probability, default=None,
@@ -31,7 +31,7 @@ def add_parsers(commands):
     fit.add_argument("--method", default="meanfield", choices=["meanfield", "fullrank", "flow", "cavi"],
                      help="variational family, or cavi for coordinate ascent (default: meanfield)")
     fit.add_argument("--steps", type=_count(1), default=10_000, help="largest number of optimisation steps (default: 10000)")
-    fit.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    fit.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     fit.add_argument("--learning-rate", type=_positive_float, default=None,
                      help="Adam's step size (default: 0.01, 0.003 for flow)")
     fit.add_argument("--samples", type=_count(1), default=None,
@@ -51,12 +51,13 @@ def add_parsers(commands):
     tour = commands.add_parser("tour", help="the guided tour: run elbox on built-in models and save the results")
     tour.add_argument("--out", metavar="DIR", type=Path, default=Path("elbox-tour"),
                       help="folder for the tour's tables and plots (default: ./elbox-tour)")
-    tour.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    tour.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     tour.set_defaults(handler=run_tour)
 
 
 
 def run_sample(args) -> int:
+    check_outputs(args)
     import jax
 
     from elbox.mcmc.run import sample
@@ -87,6 +88,7 @@ def run_sample(args) -> int:
 
 
 def run_fit(args) -> int:
+    check_outputs(args)
     import jax
 
     from elbox.report.summary import fit_json, fit_text
@@ -148,6 +150,7 @@ def run_models(args) -> int:
 
 
 def run_tour(args) -> int:
+    check_outputs(args, file_flags=())
     from elbox.report.tour import run_tour as tour
 
     tour(args.out, seed=args.seed, echo=print)

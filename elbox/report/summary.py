@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from elbox.results import SamplingResults
+from elbox.results import MIN_DRAWS_FOR_DIAGNOSTICS, SamplingResults
 
 
 def sampling_json(results: SamplingResults, model_label: str, seed: int | None) -> dict:
@@ -36,12 +36,24 @@ def sampling_text(results: SamplingResults, model_label: str) -> str:
         f"seconds: compile {seconds['compile']:.2f}, warm-up {seconds['warmup']:.2f}, "
         f"sampling {seconds['sampling']:.2f}, total {seconds['total']:.2f}",
     ]
+    lines += undefined_diagnostics_notes(results)
     worst = table["r_hat"].max()
     if worst > 1.01:
         lines.append(
             f"warning: R-hat up to {worst:.3f} (> 1.01): the chains disagree; run longer or check the model."
         )
     return "\n".join(lines)
+
+
+def undefined_diagnostics_notes(results: SamplingResults) -> list[str]:
+    """Why ESS, MCSE or R-hat are missing (NaN in the table, null in the JSON), when they are."""
+    notes = []
+    if results.draws < MIN_DRAWS_FOR_DIAGNOSTICS:
+        notes.append(f"note: ESS, MCSE and R-hat are undefined with {results.draws} draw(s) per chain "
+                     f"(they need at least {MIN_DRAWS_FOR_DIAGNOSTICS}); draw more.")
+    elif results.chains * results.draws < 8:
+        notes.append("note: too few draws for stable ESS and R-hat; draw more.")
+    return notes
 
 
 def fit_json(results, model_label: str, seed: int | None) -> dict:
@@ -65,6 +77,8 @@ def fit_json(results, model_label: str, seed: int | None) -> dict:
             "method": results.log_evidence_method,
         },
         "gap": None if gap is None else gap.value,
+        "converged": results.converged,
+        "iterations": int(results.trace.size),
         "seconds": {k: round(v, 4) for k, v in results.seconds.items()},
         "parameters": results.parameter_table(),
     }
@@ -76,10 +90,10 @@ def fit_text(results, model_label: str) -> str:
     evidence, gap = results.log_evidence, results.gap
     if results.method == "cavi":
         header = f"{model_label}: CAVI, {results.trace.size} coordinate-ascent sweeps" + (
-            " (converged)" if results.stopped_early else " (iteration limit reached)")
+            " (converged)" if results.converged else " (iteration limit reached)")
     else:
         header = f"{model_label}: {results.method} q, {results.trace.size} steps" + (
-            " (stopped: the smoothed ELBO stopped rising)" if results.stopped_early else "")
+            " (stopped: the smoothed ELBO stopped rising)" if results.converged else "")
     lines = [
         header,
         "",
@@ -98,6 +112,8 @@ def fit_text(results, model_label: str) -> str:
         lines.append(f"gap = log p(x) - ELBO = KL(q || p(z|x))  {_pm(gap)}")
     else:
         lines.append("log p(x)                          unknown (no exact value for this model)")
+    if results.converged is False:
+        lines.append(_not_converged_note(results))
     seconds = results.seconds
     table = results.summary()
     lines += [
@@ -109,5 +125,16 @@ def fit_text(results, model_label: str) -> str:
     return "\n".join(lines)
 
 
+def _not_converged_note(results) -> str:
+    if results.method == "cavi":
+        return (f"warning: CAVI did not meet its tolerance within {results.steps} sweeps; the ELBO above is "
+                "from the last sweep. Allow more sweeps (steps).")
+    return (f"warning: the {results.steps} steps ran out before the stopping rule found the ELBO flat; the bound "
+            "may still be rising. Fit with more steps.")
+
+
 def _pm(estimate) -> str:
+    """value ± stderr; a standard error that cannot be estimated is shown as such, not as nan."""
+    if estimate.stderr is None or estimate.stderr != estimate.stderr:
+        return f"{estimate.value:.4f} ± undefined"
     return f"{estimate.value:.4f} ± {estimate.stderr:.4f}"

@@ -216,9 +216,16 @@ class DrawTerms:
         return None if value is None else float(value)
 
     def gaussian(self, params):
-        """(mean, covariance) of a Gaussian q as NumPy arrays, or None."""
-        moments = jax.jit(self.family.gaussian)(params)
-        return None if moments is None else tuple(np.asarray(m) for m in moments)
+        """(mean, covariance) of a Gaussian q as float64 NumPy arrays, or None.
+
+        Computed in float64 from the parameters: a scale exp(log_scale) that underflows float32
+        (a collapsed q) would make log det S_q = -inf and KL(q || p) infinite, where it is large
+        but finite.
+        """
+        with jax.enable_x64(True):
+            params64 = jax.tree_util.tree_map(lambda p: jnp.asarray(np.asarray(p, np.float64)), params)
+            moments = self.family.gaussian(params64)
+            return None if moments is None else tuple(np.asarray(m, np.float64) for m in moments)
 
     def __call__(self, key, params) -> dict:
         chunks = [
