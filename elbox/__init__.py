@@ -5,31 +5,44 @@ The public names are listed in ``__all__``; everything else is an implementation
 
 from elbox import models
 from elbox.errors import (
+    DataError,
     ElboxError,
     FittingError,
     InitializationError,
     ModelError,
     NoPriorLikelihoodSplit,
+    OutputError,
+    RunError,
     SettingsError,
 )
+from elbox.estimate import Estimate
+from elbox.initialization import initial_positions
 from elbox.mcmc.run import sample
-from elbox.vi.fit import fit
-from elbox.model import Known, Model
+from elbox.model import Conjugacy, Known, Model
 from elbox.results import SamplingResults
+from elbox.vi.fit import fit
+from elbox.vi.results import FitResults
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Conjugacy",
+    "DataError",
     "ElboxError",
+    "Estimate",
+    "FitResults",
     "FittingError",
     "InitializationError",
     "Known",
     "Model",
     "ModelError",
     "NoPriorLikelihoodSplit",
+    "OutputError",
+    "RunError",
     "SamplingResults",
     "SettingsError",
     "fit",
+    "initial_positions",
     "models",
     "sample",
 ]

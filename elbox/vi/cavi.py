@@ -49,6 +49,7 @@ import numpy as np
 from jax.scipy.special import digamma, gammaln
 from scipy.special import logsumexp as np_logsumexp
 
+from elbox.errors import DataError, SettingsError
 from elbox.models.conjugate import normal_gamma_log_evidence
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -239,9 +240,9 @@ def cavi_gaussian_mixture(key, x, num_components: int, prior_sd: float,
     if x.ndim == 1:
         x = x[:, None]
     if x.ndim != 2:
-        raise ValueError(f"x must have shape (n, d) or (n,), got {x.shape}")
+        raise DataError(f"x must have shape (n, d) or (n,), got {x.shape}.")
     if not 1 <= num_components <= x.shape[0]:
-        raise ValueError(f"need 1 <= num_components <= n, got K={num_components}, n={x.shape[0]}")
+        raise SettingsError(f"num_components must lie in 1..n (the number of points), got K={num_components}, n={x.shape[0]}.")
     m, s2, phi, trace, t, converged = _cavi_gaussian_mixture(
         key, x, int(num_components), prior_sd, int(max_iterations), tolerance)
     t = int(t)
@@ -270,7 +271,7 @@ def log_evidence_gaussian_mixture_by_enumeration(x, num_components: int, prior_s
     n, d = x.shape
     K = int(num_components)
     if K**n > max_assignments:
-        raise ValueError(f"K^n = {K}^{n} assignments is too many to enumerate")
+        raise SettingsError(f"Enumerating K^n = {K}^{n} assignments is too many; exact log p(x) by enumeration is for tiny data sets.")
     sigma2 = float(prior_sd) ** 2
     assignments = np.array(list(itertools.product(range(K), repeat=n)), dtype=np.int64)  # (M, n)
     onehot = (assignments[:, :, None] == np.arange(K)).astype(np.float64)               # (M, n, K)

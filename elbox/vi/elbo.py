@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from elbox.estimate import Estimate, mean_and_stderr
+from elbox.errors import SettingsError
 from elbox.precision import full_precision
 
 ESTIMATORS = ("auto", "reparam", "stl", "score")
@@ -72,8 +73,6 @@ def surrogate_loss(estimator: str, log_joint: Callable, family, num_samples: int
         return lambda params, key, stl_weight: pathwise(params, key, stl_weight)
     if estimator == "score":
         return score
-    from elbox.errors import SettingsError
-
     raise SettingsError(f"Unknown ELBO estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}.")
 
 

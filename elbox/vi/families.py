@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from elbox.errors import SettingsError
+
 LOG_2PI = math.log(2 * math.pi)
 INITIAL_SCALE = 0.1
 
@@ -195,6 +197,4 @@ def make_family(name: str, dimension: int, key: jax.Array | None = None, **optio
         return FullRank(dimension)
     if name == "flow":
         return Flow(dimension, key if key is not None else jax.random.key(0), **options)
-    from elbox.errors import SettingsError
-
     raise SettingsError(f"Unknown variational family {name!r}; choose one of {', '.join(FAMILIES)}.")
