@@ -145,7 +145,7 @@ def test_tour_runs_and_fills_its_folder(tmp_path):
 
 
 FIT_FIELDS = {
-    "model", "method", "steps", "seed", "elbo", "elbo_forms", "log_evidence", "gap", "seconds", "parameters",
+    "model", "method", "steps", "seed", "elbo", "elbo_forms", "log_evidence", "gap", "seconds", "parameters", "converged",
 }
 
 

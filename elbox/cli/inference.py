@@ -102,8 +102,8 @@ def run_fit(args) -> int:
                  if value is not None]
         if given:
             raise SettingsError(f"{', '.join(given)} {'has' if len(given) == 1 else 'have'} no meaning for "
-                                "--method cavi (closed-form coordinate updates); drop them or choose "
-                                "meanfield, fullrank or flow.")
+                                "--method cavi (closed-form coordinate updates); drop "
+                                f"{'it' if len(given) == 1 else 'them'} or choose meanfield, fullrank or flow.")
         results = fit(model, jax.random.key(args.seed), method="cavi", steps=args.steps, progress=not args.no_progress)
     else:
         results = fit(

@@ -82,7 +82,8 @@ def resolve(model_like) -> Model:
         return get(model_like)
     if callable(model_like):
         return Model.from_numpyro(model_like)
+    kind = type(model_like).__name__
     raise ModelError(
-        f"Cannot use a {type(model_like).__name__} as a model: pass a built-in model name, "
+        f"Cannot use {'an' if kind[0].lower() in 'aeiou' else 'a'} {kind} as a model: pass a built-in model name, "
         "a NumPyro model function or an elbox Model."
     )

@@ -78,7 +78,6 @@ def fit_json(results, model_label: str, seed: int | None) -> dict:
         },
         "gap": None if gap is None else gap.value,
         "converged": results.converged,
-        "iterations": int(results.trace.size),
         "seconds": {k: round(v, 4) for k, v in results.seconds.items()},
         "parameters": results.parameter_table(),
     }

@@ -217,14 +217,11 @@ class DrawTerms:
     def gaussian(self, params):
         """(mean, covariance) of a Gaussian q as float64 NumPy arrays, or None.
 
-        Computed in float64 from the parameters: a scale exp(log_scale) that underflows float32
-        (a collapsed q) would make log det S_q = -inf and KL(q || p) infinite, where it is large
-        but finite.
+        In float64 from the parameters: a scale exp(log_scale) that underflows float32 (a
+        collapsed q) would make log det S_q = -inf and KL(q || p) infinite, where it is large but
+        finite.
         """
-        with jax.enable_x64(True):
-            params64 = jax.tree_util.tree_map(lambda p: jnp.asarray(np.asarray(p, np.float64)), params)
-            moments = self.family.gaussian(params64)
-            return None if moments is None else tuple(np.asarray(m, np.float64) for m in moments)
+        return self.family.gaussian(params)
 
     def __call__(self, key, params) -> dict:
         chunks = [

@@ -77,7 +77,10 @@ class MeanField:
         return gaussian_entropy(jnp.log(self.scale(params)))
 
     def gaussian(self, params):
-        return params["loc"], jnp.diag(self.scale(params) ** 2)
+        """(mean, covariance) in float64 NumPy, exp(log_scale) taken in float64 so that a collapsed
+        q keeps a finite log-determinant."""
+        scale = np.exp(np.asarray(params["log_scale"], np.float64))
+        return np.asarray(params["loc"], np.float64), np.diag(scale**2)
 
 
 class FullRank:
@@ -123,8 +126,11 @@ class FullRank:
         return gaussian_entropy(params["log_scale"])
 
     def gaussian(self, params):
-        chol = self.cholesky(params)
-        return params["loc"], chol @ chol.T
+        """(mean, covariance) in float64 NumPy (see :meth:`MeanField.gaussian`)."""
+        unit = np.eye(self.dimension)
+        unit[self._rows, self._cols] = np.asarray(params["off_diagonal"], np.float64)
+        chol = np.exp(np.asarray(params["log_scale"], np.float64))[:, None] * unit
+        return np.asarray(params["loc"], np.float64), chol @ chol.T
 
 
 class Flow:
