@@ -175,6 +175,7 @@ CLI_CASES = [
     cli("fit-json-is-folder", ["fit", "normal_normal", *FIT_RUN, "--json", "{dir}"], "--json", "{dir}", guard="fit"),
     cli("fit-out-is-file", ["fit", "normal_normal", *FIT_RUN, "--out", "{regular}"], "--out", "{regular}",
         guard="fit"),
+    cli("tour-out-is-file", ["tour", "--out", "{regular}"], "--out", "{regular}", guard="tour"),
 ]
 
 
@@ -191,7 +192,10 @@ def test_cli_refuses(c: CliCase, run_cli, tmp_path, monkeypatch):
         def must_not_run(*args, **kwargs):
             pytest.fail(f"elbox {c.guard} started its run before refusing the output path")
 
-        target = {"sample": (elbox.mcmc.run, "sample"), "fit": (elbox.vi.fit, "fit")}[c.guard]
+        import elbox.report.tour
+
+        target = {"sample": (elbox.mcmc.run, "sample"), "fit": (elbox.vi.fit, "fit"),
+                  "tour": (elbox.report.tour, "run_tour")}[c.guard]
         monkeypatch.setattr(*target, must_not_run)
 
     status, out, err = run_cli(*(a.format(**paths) for a in c.argv))
