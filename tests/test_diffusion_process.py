@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import Z
 from scipy import integrate, special, stats
 
 from elbox.diffusion.decoders import (
@@ -27,10 +28,8 @@ from elbox.diffusion.process import (
     q_sample,
 )
 from elbox.diffusion.schedules import cosine_schedule, linear_schedule, schedule_from_betas
+from elbox.errors import SettingsError
 from elbox.vi.elbo import gaussian_kl as full_gaussian_kl
-
-Z = 4.0
-
 
 # --- schedules -------------------------------------------------------------------------------
 
@@ -66,7 +65,7 @@ def test_linear_schedule_matches_ddpm_and_keeps_its_curve_for_any_T():
     coarse_log = np.log(s.alpha_bars[(fractions * 1000).astype(int) - 1])
     fine_log = np.log(fine.alpha_bars[(fractions * 4000).astype(int) - 1])
     np.testing.assert_allclose(fine_log, coarse_log, rtol=0.01)  # observed: at most 0.6%
-    with pytest.raises(ValueError, match="beta_end"):
+    with pytest.raises(SettingsError, match="beta_end"):
         linear_schedule(10)
 
 
@@ -88,7 +87,7 @@ def test_cast_gives_jax_arrays_of_the_dtype():
     s = cosine_schedule(50).cast(jnp.float32)
     assert all(field.dtype == jnp.float32 for field in s)
     np.testing.assert_allclose(np.asarray(s.alpha_bars), cosine_schedule(50).alpha_bars.astype(np.float32))
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(SettingsError, match="outside"):
         schedule_from_betas([0.1, 1.0])
 
 
@@ -174,9 +173,9 @@ def test_reverse_mean_with_true_noise_is_the_posterior_mean_and_variances():
             middle = p_mean_variance(s, xt, t, noise, "learned_range", jnp.zeros(2))[1]
             np.testing.assert_allclose(middle, np.sqrt(s.betas[t - 1] * s.posterior_variance[t - 1]), rtol=1e-12)
     xt, noise = jnp.zeros(2), jnp.ones(2)
-    with pytest.raises(ValueError, match="learned_range"):
+    with pytest.raises(SettingsError, match="learned_range"):
         p_mean_variance(s, xt, 2, noise, "learned_range")
-    with pytest.raises(ValueError, match="Unknown"):
+    with pytest.raises(SettingsError, match="Unknown"):
         p_mean_variance(s, xt, 2, noise, "fixed")
 
 

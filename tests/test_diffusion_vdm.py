@@ -9,13 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import Z
 
 from elbox.diffusion import vdm
 from elbox.diffusion.decoders import DiscretizedGaussian, Gaussian
 from elbox.diffusion.networks import MLPDenoiser
 from elbox.diffusion.train import train
-
-Z = 4.0
+from elbox.errors import SettingsError
 
 
 def _randomised_schedule(key, learn=True):
@@ -205,13 +205,11 @@ def test_training_lowers_the_bound_and_resumes_exactly(tmp_path):
 
 
 def test_vdm_and_ddpm_losses_need_their_own_networks():
-    from elbox.errors import SettingsError
-
     data = np.zeros((8, 2), np.float32)
     with pytest.raises(SettingsError, match="vdm"):
         train(jax.random.key(0), data, network=MLPDenoiser(jax.random.key(1), 2, width=4, depth=1), steps=1, loss="vdm",
               progress=False)
-    with pytest.raises(ValueError, match="learn_variance"):
+    with pytest.raises(SettingsError, match="learn_variance"):
         vdm.VDM(jax.random.key(0), MLPDenoiser(jax.random.key(1), 2, width=4, depth=1, learn_variance=True))
 
 
@@ -277,3 +275,40 @@ def test_grid_posterior_with_the_training_frequencies_starts_at_the_categorical_
     bits_per_dim = float(jnp.mean(nats)) / 3 / math.log(2)
     # The baseline's smoothing is its own; both are the frequencies up to half a count.
     assert bits_per_dim == pytest.approx(independent_categorical_baseline_bits_per_dim(train, train, 6), abs=0.02)
+
+
+def test_both_samplers_and_both_bounds_use_only_the_decoder_contract():
+    # A decoder of no known class: its point estimate is what both ancestral samplers return,
+    # and its log-likelihood is what both reconstruction terms use.
+    from elbox.diffusion.elbo import reconstruction_term
+    from elbox.diffusion.sample import sample
+    from elbox.diffusion.schedules import cosine_schedule
+
+    class Offset:
+        def log_likelihood(self, x0, mean, log_scale, prior_logits=None):
+            return jnp.full_like(mean, -7.0)
+
+        def point_estimate(self, mean, log_scale, prior_logits=None):
+            return jnp.full_like(mean, 100.0) + 0.0 * log_scale
+
+    net = MLPDenoiser(jax.random.key(0), 2, width=4, depth=1)
+    model = vdm.VDM(jax.random.key(1), net)
+    assert np.all(np.asarray(vdm.sample(jax.random.key(2), model, 3, 2, T=5, decoder=Offset())) == 100.0)
+    schedule = cosine_schedule(5)
+    ddpm = sample(jax.random.key(2), lambda x, t, n: net(x, t, n), schedule, 3, 2, decoder=Offset())
+    assert np.all(np.asarray(ddpm) == 100.0)
+    x = jnp.zeros(2)
+    assert float(vdm.reconstruction_term(jnp.float32(-5.0), x, x, Offset())) == 14.0
+    assert float(reconstruction_term(jax.random.key(3), schedule, lambda x, t: net(x, t, 5), x, Offset())) == 14.0
+    # A decoder that takes no prior over the levels says so when given one.
+    with pytest.raises(SettingsError, match="prior_logits"):
+        vdm.reconstruction_term(jnp.float32(-5.0), x, x, DiscretizedGaussian(0.5, -1.0, 1.0), jnp.zeros((2, 5)))
+
+
+def test_the_vdm_module_does_not_reach_into_the_ddpm_sampler():
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(vdm))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "elbox.diffusion.sample" not in imported and "elbox.diffusion.elbo" not in imported

@@ -1,6 +1,15 @@
 """The reconstruction likelihood log p_theta(x0 | x1) of a diffusion model.
 
-Both decoders are Gaussian around the reverse model's mean at t = 1 with the reverse model's
+Every decoder has one contract, so that the bounds and the samplers never ask which one they hold:
+
+    decoder.log_likelihood(x0, mean, log_scale, prior_logits=None) -> log p(x0), elementwise, nats
+    decoder.point_estimate(mean, log_scale, prior_logits=None)     -> what a sampler returns for x0
+
+``mean`` and ``log_scale`` come from the reverse model at its last step; ``prior_logits`` is a
+per-coordinate prior over the levels (shape (d, K)) for the decoder that takes one
+(:class:`GridPosterior`); the others accept only ``None``.
+
+The decoders are Gaussian around the reverse model's mean at t = 1 with the reverse model's
 scale at t = 1 (Ho, Jain & Abbeel 2020, section 3.3):
 
 * :class:`Gaussian`: a density, for continuous data. Its negative log is a differential
@@ -10,6 +19,8 @@ scale at t = 1 (Ho, Jain & Abbeel 2020, section 3.3):
   the Gaussian mass of [x - w/2, x + w/2], the two edge bins also everything beyond. Then
   -log2 p(x0) is the length in bits of a code for x0, and the bound in bits per dimension is an
   achievable compression rate (with bits-back coding) for the quantised data.
+* :class:`GridPosterior`: a probability mass function over the same kind of bins, VDM's decoder
+  (the posterior of the bin given a Gaussian observation, with an optional per-coordinate prior).
 
 All functions are elementwise (sum over the dimensions for the log-likelihood of x0); their dtype
 follows the inputs.
@@ -23,6 +34,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import log_ndtr
+
+from elbox.errors import SettingsError
 
 HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 
@@ -132,12 +145,37 @@ def discretized_gaussian_log_likelihood(x0, mean, log_scale, bin_width, low, hig
     )
 
 
+def most_likely_bin(mean, log_scale, decoder):
+    """Elementwise the bin centre low + k w (k = 0..K-1) of highest probability under
+    N(mean, exp(log_scale)^2) with a :class:`DiscretizedGaussian`'s open-ended edge bins (an
+    argmax over all K bins, so an edge bin wins where its tail mass beats the nearest interior bin)."""
+    last = round((decoder.high - decoder.low) / decoder.bin_width)
+    centres = decoder.low + jnp.arange(last + 1, dtype=mean.dtype) * decoder.bin_width
+    shape = (last + 1,) + (1,) * mean.ndim
+    log_p = decoder.log_likelihood(centres.reshape(shape), mean[None], log_scale[None])
+    return centres[jnp.argmax(log_p, axis=0)]
+
+
+def _no_prior(decoder, prior_logits):
+    if prior_logits is not None:
+        raise SettingsError(
+            f"{type(decoder).__name__} takes no prior over the levels, but prior_logits were given; use "
+            "GridPosterior for a model with prior logits, or build the model without them."
+        )
+
+
 class Gaussian(NamedTuple):
     """Continuous decoder: log p(x0 | x1) = sum_i log N(x0_i; mean_i, sigma_i^2)."""
 
-    def log_likelihood(self, x0, mean, log_scale):
+    def log_likelihood(self, x0, mean, log_scale, prior_logits=None):
         """Elementwise log density, in nats (see :func:`gaussian_log_likelihood`)."""
+        _no_prior(self, prior_logits)
         return gaussian_log_likelihood(x0, mean, log_scale)
+
+    def point_estimate(self, mean, log_scale, prior_logits=None):
+        """The mean (as DDPM's sampler returns at its last step, without noise)."""
+        _no_prior(self, prior_logits)
+        return mean
 
 
 class DiscretizedGaussian(NamedTuple):
@@ -148,9 +186,15 @@ class DiscretizedGaussian(NamedTuple):
     low: float = -1.0
     high: float = 1.0
 
-    def log_likelihood(self, x0, mean, log_scale):
+    def log_likelihood(self, x0, mean, log_scale, prior_logits=None):
         """Elementwise log-probability of x0's bins, in nats."""
+        _no_prior(self, prior_logits)
         return discretized_gaussian_log_likelihood(x0, mean, log_scale, self.bin_width, self.low, self.high)
+
+    def point_estimate(self, mean, log_scale, prior_logits=None):
+        """The bin centre of highest probability, elementwise (:func:`most_likely_bin`)."""
+        _no_prior(self, prior_logits)
+        return most_likely_bin(mean, log_scale, self)
 
 
 class GridPosterior(NamedTuple):
@@ -195,3 +239,7 @@ class GridPosterior(NamedTuple):
         """The bin centre of highest probability, elementwise."""
         log_p = self.log_probabilities(mean, jnp.broadcast_to(log_scale, mean.shape), prior_logits)
         return self.centres(mean.dtype)[jnp.argmax(log_p, axis=-1)]
+
+    def point_estimate(self, mean, log_scale, prior_logits=None):
+        """The bin centre of highest probability, elementwise (:meth:`most_likely`)."""
+        return self.most_likely(mean, log_scale, prior_logits)

@@ -21,7 +21,6 @@ Indexing of the training losses: ``term(t)`` is L_0 at t = 1 and L_{t-1} at t >=
 
 from __future__ import annotations
 
-import math
 from typing import Callable, NamedTuple
 
 import equinox as eqx
@@ -29,27 +28,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from elbox.diffusion.bound import BoundEstimate, bits_per_dim, bound_estimates, per_example_in_batches
 from elbox.diffusion.decoders import Gaussian
 from elbox.diffusion.process import coefficient, gaussian_kl, p_log_variance, p_mean_variance, q_sample
-from elbox.estimate import Estimate, mean_and_stderr
+from elbox.errors import SettingsError
+
+__all__ = [
+    "ESTIMATOR_ALL_STEPS", "ESTIMATOR_SAMPLED_STEP", "EpsFn", "BoundEstimate", "ImportanceHistory", "LossInfo", "bits_per_dim", "bound_estimate", "bound_estimates",
+    "denoising_term", "exact_terms", "importance_probabilities", "init_importance_history", "loss_hybrid",
+    "loss_simple", "loss_vlb_importance", "loss_vlb_uniform", "per_example_in_batches", "prior_term",
+    "reconstruction_term", "term_given_noise", "update_importance_history",
+]
 
 EpsFn = Callable  # (x_t, t) -> (eps_hat, v or None), for one example
 
 ESTIMATOR_ALL_STEPS = "sum over all T steps"
 ESTIMATOR_SAMPLED_STEP = "T × one uniformly sampled t"
-
-
-def bits_per_dim(nats_per_dim):
-    """Nats per dimension in bits: nats_per_dim / log 2.
-
-    For data quantised to bins (a :class:`~elbox.diffusion.decoders.DiscretizedGaussian`
-    decoder), -log2 p(x0) is the length in bits of an (ideal) code for x0 under the model, and
-    the bound in bits per dimension is an upper bound on that code length per dimension,
-    achieved by bits-back coding with the diffusion's latents (Townsend, Bird & Barber 2019;
-    Ho et al. 2020, section 4.3). For continuous data with a density it is not a code length:
-    it shifts with the units of x0 and can be negative.
-    """
-    return nats_per_dim / math.log(2.0)
 
 
 def _normal_like(key, x0):
@@ -86,7 +80,8 @@ def _nll_given_x1(schedule, x0, x1, eps_hat, v, variance, decoder):
     return -jnp.sum(decoder.log_likelihood(x0, mean, 0.5 * log_var))
 
 
-def term_given_noise(schedule, eps_fn, x0, t, noise, variance="beta_tilde", decoder=Gaussian(), stop_gradient_mean=False):
+def term_given_noise(schedule, eps_fn, x0, t, noise, variance="beta_tilde", decoder=Gaussian(),
+                     stop_gradient_mean=False):
     """term(t) for one draw x_t = q_sample(x0, t, noise): L_0's integrand -log p_theta(x0 | x1) at
     t = 1, L_{t-1}'s integrand KL(q(x_{t-1} | x_t, x0) || p_theta(x_{t-1} | x_t)) at t >= 2, in nats.
 
@@ -110,13 +105,13 @@ def denoising_term(key, schedule, eps_fn, x0, t, variance="beta_tilde"):
     for t >= 2, in nats summed over dimensions (the KL given x_t in closed form).
 
     Raises:
-        ValueError: a concrete t < 2 (the t = 1 term is :func:`reconstruction_term`).
+        SettingsError: a concrete t outside 2..T (the t = 1 term is :func:`reconstruction_term`).
 
     Example:
         >>> L = denoising_term(key, cosine_schedule(100), eps_fn, x0, 50)
     """
     if isinstance(t, (int, np.integer)) and not 2 <= t <= schedule.num_steps:
-        raise ValueError(
+        raise SettingsError(
             f"denoising_term needs 2 <= t <= T = {schedule.num_steps}; got t = {t}. "
             "The t = 1 term is reconstruction_term."
         )
@@ -271,7 +266,8 @@ def importance_probabilities(history: ImportanceHistory, uniform_mix=0.001):
     return jnp.where(warmed_up, p, jnp.full_like(p, 1.0 / T))
 
 
-def loss_vlb_importance(key, schedule, eps_fn, x0, history: ImportanceHistory, variance="beta_tilde", decoder=Gaussian(), uniform_mix=0.001):
+def loss_vlb_importance(key, schedule, eps_fn, x0, history: ImportanceHistory, variance="beta_tilde",
+                        decoder=Gaussian(), uniform_mix=0.001):
     """Unbiased one-draw estimate of -ELBO with t drawn from p_t (:func:`importance_probabilities`):
 
         loss = term(t) / p_t + L_T = (1 / (T p_t)) T term(t) + L_T,   t ~ p,
@@ -333,27 +329,6 @@ def loss_hybrid(key, schedule, eps_fn, x0, variance="learned_range", decoder=Gau
     return loss, LossInfo(t, term, weight)
 
 
-def per_example_in_batches(batch_fn, key, data, batch_size: int):
-    """``batch_fn(keys, rows)`` over the examples of ``data`` (axis 0), ``batch_size`` at a time,
-    example i with the i-th key of ``jax.random.split(key, n)`` (so the result does not depend
-    on ``batch_size``); the per-example outputs concatenated as float64 NumPy arrays."""
-    n = data.shape[0]
-    keys = jax.random.split(key, n)
-    chunks = [
-        jax.tree_util.tree_map(np.asarray, batch_fn(keys[i : i + batch_size], data[i : i + batch_size]))
-        for i in range(0, n, batch_size)
-    ]
-    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs).astype(np.float64), *chunks)
-
-
-def bound_estimates(per_example_nats, num_dims: int) -> tuple[Estimate, Estimate, Estimate]:
-    """(nats, nats per dimension, bits per dimension), each a mean with its standard error
-    across examples, from every example's bound in nats."""
-    nats = mean_and_stderr(per_example_nats)
-    nats_per_dim = Estimate(nats.value / num_dims, nats.stderr / num_dims)
-    return nats, nats_per_dim, Estimate(bits_per_dim(nats_per_dim.value), bits_per_dim(nats_per_dim.stderr))
-
-
 @eqx.filter_jit
 def _bound_batch(eps_fn, schedule, keys, data, variance, decoder, num_t_samples):
     """Every example's terms for :func:`bound_estimate` (one compiled function per eps_fn
@@ -381,39 +356,8 @@ def _bound_batch(eps_fn, schedule, keys, data, variance, decoder, num_t_samples)
     return jax.vmap(per_example)(keys, data)
 
 
-class BoundEstimate(NamedTuple):
-    """The negative ELBO over a data set, the bound on -log p(x0) (lower is better).
-
-    Attributes:
-        nats: per example (summed over dimensions), mean and standard error across examples (and
-            their t draws).
-        nats_per_dim: ``nats`` divided by the number of dimensions.
-        bits_per_dim: ``nats_per_dim`` / log 2.
-        reconstruction, denoising, prior: the means of L_0, sum_t L_{t-1} and L_T per example,
-            in nats (they add up to ``nats.value``).
-        denoising_per_step: mean L_{t-1} for t = 2..T, shape (T - 1,) (with sampled steps, the
-            mean of the draws at each t, NaN where none fell).
-        estimator: ``"sum over all T steps"`` or ``"T × one uniformly sampled t"``.
-        num_examples, num_dims, num_t_samples: the sizes behind the estimate.
-        per_example: every example's bound, nats, shape (num_examples,) (for paired comparisons
-            with an exact -log p(x0)).
-    """
-
-    nats: Estimate
-    nats_per_dim: Estimate
-    bits_per_dim: Estimate
-    reconstruction: float
-    denoising: float
-    prior: float
-    denoising_per_step: np.ndarray
-    estimator: str
-    num_examples: int
-    num_dims: int
-    num_t_samples: int | None
-    per_example: np.ndarray | None = None
-
-
-def bound_estimate(key, schedule, eps_fn, data, variance="beta_tilde", decoder=Gaussian(), num_t_samples=None, batch_size=256):
+def bound_estimate(key, schedule, eps_fn, data, variance="beta_tilde", decoder=Gaussian(), num_t_samples=None,
+                   batch_size=256):
     """The negative ELBO of ``data`` (examples along axis 0), in nats and bits per dimension.
 
     * ``num_t_samples=None``: every example's bound is the sum of all T + 1 terms

@@ -31,6 +31,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from elbox.errors import DataError, SettingsError
+
 FINAL_SCALE = 1e-2
 
 
@@ -96,7 +98,7 @@ class MLPDenoiser(eqx.Module):
                  learn_variance: bool = False, final_scale: float = FINAL_SCALE, dtype=None,
                  input_frequencies: tuple = ()):
         if depth < 1 or width < 1 or dim < 1 or fourier_features < 1:
-            raise ValueError(
+            raise SettingsError(
                 f"MLPDenoiser needs dim, width, depth and fourier_features >= 1; got dim={dim}, "
                 f"width={width}, depth={depth}, fourier_features={fourier_features}."
             )
@@ -114,7 +116,7 @@ class MLPDenoiser(eqx.Module):
 
     def __call__(self, x_t, t, num_steps):
         if x_t.shape != (self.dim,):
-            raise ValueError(
+            raise DataError(
                 f"MLPDenoiser(dim={self.dim}) takes one example of shape ({self.dim},); got shape "
                 f"{x_t.shape}. Batch with jax.vmap, and flatten images to vectors."
             )
@@ -160,7 +162,7 @@ class ConvDenoiser(eqx.Module):
                  fourier_features: int = 16, learn_variance: bool = False,
                  final_scale: float = FINAL_SCALE, dtype=None):
         if num_layers < 1 or channels < 1 or image_size < 1:
-            raise ValueError(
+            raise SettingsError(
                 f"ConvDenoiser needs image_size, channels and num_layers >= 1; got image_size="
                 f"{image_size}, channels={channels}, num_layers={num_layers}."
             )
@@ -181,7 +183,7 @@ class ConvDenoiser(eqx.Module):
     def __call__(self, x_t, t, num_steps):
         size = self.image_size
         if x_t.shape != (size * size,):
-            raise ValueError(
+            raise DataError(
                 f"ConvDenoiser(image_size={size}) takes one flattened image of shape ({size * size},); "
                 f"got shape {x_t.shape}. Batch with jax.vmap."
             )

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from elbox.errors import SettingsError
+
 VARIANCES = ("beta", "beta_tilde", "learned_range")
 
 
@@ -103,7 +105,7 @@ def p_log_variance(schedule, t, like, variance: str = "beta_tilde", v=None):
       ``v`` the network's extra output (same shape as x_t, nominally in [-1, 1]).
 
     Raises:
-        ValueError: an unknown ``variance``, or ``"learned_range"`` without ``v``.
+        SettingsError: an unknown ``variance``, or ``"learned_range"`` without ``v``.
     """
     log_beta = coefficient(schedule.log_betas, t, like)
     log_beta_tilde = coefficient(schedule.posterior_log_variance_clipped, t, like)
@@ -114,13 +116,13 @@ def p_log_variance(schedule, t, like, variance: str = "beta_tilde", v=None):
         return jnp.broadcast_to(log_beta_tilde, shape)
     if variance == "learned_range":
         if v is None:
-            raise ValueError(
+            raise SettingsError(
                 'variance="learned_range" needs the network\'s variance output v (eps_fn must return (eps_hat, v)); '
                 'got v=None. Return v from eps_fn, or choose variance="beta" or "beta_tilde".'
             )
         fraction = (v + 1.0) / 2.0
         return fraction * log_beta + (1.0 - fraction) * log_beta_tilde
-    raise ValueError(f"Unknown reverse variance {variance!r}; choose one of {', '.join(VARIANCES)}.")
+    raise SettingsError(f"Unknown reverse variance {variance!r}; choose one of {', '.join(VARIANCES)}.")
 
 
 def p_mean_variance(schedule, xt, t, eps_hat, variance: str = "beta_tilde", v=None):

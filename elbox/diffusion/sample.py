@@ -2,10 +2,10 @@
 
     x_T ~ N(0, I),   x_{t-1} ~ p_theta(x_{t-1} | x_t) = N(mu_theta(x_t, t), sigma_t^2 I),  t = T..2,
 
-and at t = 1 the decoder's point estimate of x0 given x_1: the mean mu_theta(x_1, 1) for
-continuous data (no noise is added at the last step, as in DDPM), or, for data on bins
-(:class:`~elbox.diffusion.decoders.DiscretizedGaussian`), the bin of highest probability under
-the decoder (Ho, Jain & Abbeel 2020, Algorithm 2). One example is a ``lax.scan`` over t;
+and at t = 1 the decoder's point estimate of x0 given x_1 (``decoder.point_estimate``): the mean
+mu_theta(x_1, 1) for continuous data (no noise is added at the last step, as in DDPM), or, for
+data on bins (:class:`~elbox.diffusion.decoders.DiscretizedGaussian`), the bin of highest
+probability under the decoder (Ho, Jain & Abbeel 2020, Algorithm 2). One example is a ``lax.scan`` over t;
 examples are batched with ``jax.vmap``. Everything is in the model's units (see
 :class:`~elbox.diffusion.data.Dataset` for the map back to the data's units).
 """
@@ -16,20 +16,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from elbox.diffusion.decoders import DiscretizedGaussian, Gaussian
+from elbox.diffusion.decoders import Gaussian, most_likely_bin
 from elbox.diffusion.process import VARIANCES, p_mean_variance
 from elbox.errors import SettingsError
 
-
-def most_likely_bin(mean, log_scale, decoder: DiscretizedGaussian):
-    """Elementwise the bin centre low + k w (k = 0..K-1) of highest probability under
-    N(mean, exp(log_scale)^2) with the decoder's open-ended edge bins (an argmax over all K bins,
-    so an edge bin wins where its tail mass beats the nearest interior bin)."""
-    last = round((decoder.high - decoder.low) / decoder.bin_width)
-    centres = decoder.low + jnp.arange(last + 1, dtype=mean.dtype) * decoder.bin_width
-    shape = (last + 1,) + (1,) * mean.ndim
-    log_p = decoder.log_likelihood(centres.reshape(shape), mean[None], log_scale[None])
-    return centres[jnp.argmax(log_p, axis=0)]
+__all__ = ["sample", "most_likely_bin"]  # most_likely_bin is defined in decoders and also importable from here
 
 
 def sample(key, network, schedule, num_samples: int, dim: int, variance: str = "beta_tilde",
@@ -47,8 +38,8 @@ def sample(key, network, schedule, num_samples: int, dim: int, variance: str = "
         variance: the reverse variance (``"beta_tilde"``, ``"beta"`` or ``"learned_range"``), as in
             training.
         num_steps: the T passed to the network (default ``schedule.num_steps``).
-        decoder: ``Gaussian()`` (the last step returns the mean) or a ``DiscretizedGaussian``
-            (the last step returns the most likely bin centre).
+        decoder: the last step returns ``decoder.point_estimate``: the mean for ``Gaussian()``,
+            the most likely bin centre for a ``DiscretizedGaussian``.
         dtype: the floating dtype of the draws (default: JAX's default float).
 
     Returns:
@@ -88,8 +79,6 @@ def _sample(key, network, schedule, num_samples, dim, variance, num_steps, decod
         ts = jnp.arange(T, 1, -1)  # T, T-1, ..., 2
         x1, _ = jax.lax.scan(body, x_T, (ts, jax.random.split(key_steps, max(T - 1, 1))[: T - 1]))
         mean, log_variance = reverse(x1, jnp.asarray(1))
-        if isinstance(decoder, DiscretizedGaussian):
-            return most_likely_bin(mean, 0.5 * log_variance, decoder)
-        return mean
+        return decoder.point_estimate(mean, 0.5 * log_variance)
 
     return jax.vmap(one)(jax.random.split(key, num_samples))

@@ -20,6 +20,9 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from elbox import checks
+from elbox.errors import SettingsError
+
 
 class Schedule(NamedTuple):
     """The per-step coefficients of a diffusion, entry t - 1 for step t = 1..T.
@@ -85,7 +88,7 @@ def schedule_from_betas(betas) -> Schedule:
     1 - alpha_bar_t = -expm1(sum log1p(-beta_s)).
 
     Raises:
-        ValueError: a beta outside (0, 1), or not a one-dimensional sequence.
+        SettingsError: a beta outside (0, 1), or not a one-dimensional sequence.
 
     Example:
         >>> s = schedule_from_betas([0.1, 0.2, 0.3])
@@ -94,10 +97,10 @@ def schedule_from_betas(betas) -> Schedule:
     """
     betas = np.asarray(betas, dtype=np.float64)
     if betas.ndim != 1 or betas.size == 0:
-        raise ValueError(f"betas must be a non-empty one-dimensional sequence; got shape {betas.shape}.")
+        raise SettingsError(f"betas must be a non-empty one-dimensional sequence; got shape {betas.shape}.")
     if not np.all((betas > 0) & (betas < 1)):
         bad = int(np.flatnonzero(~((betas > 0) & (betas < 1)))[0])
-        raise ValueError(
+        raise SettingsError(
             f"beta_{bad + 1} = {betas[bad]!r} is outside (0, 1): q(x_t | x_(t-1)) needs 0 < beta_t < 1. "
             "Lower the betas, or use more steps T."
         )
@@ -142,7 +145,7 @@ def linear_schedule(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) ->
     T (exactly the same to first order in beta).
 
     Raises:
-        ValueError: the scaled ``beta_end`` reaches 1 (with the defaults, T <= 20); use the cosine
+        SettingsError: the scaled ``beta_end`` reaches 1 (with the defaults, T <= 20); use the cosine
             schedule or a smaller ``beta_end``.
 
     Example:
@@ -150,12 +153,10 @@ def linear_schedule(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) ->
         >>> s.betas[0], s.betas[-1]
         (0.0001, 0.02)
     """
-    T = int(T)
-    if T < 1:
-        raise ValueError(f"T must be a positive number of steps; got {T}.")
+    T = checks.count("T", T, 1)
     scale = 1000.0 / T
     if beta_end * scale >= 1:
-        raise ValueError(
+        raise SettingsError(
             f"linear_schedule(T={T}): beta_end * 1000 / T = {beta_end * scale:g} >= 1. "
             f"Use T > {int(math.floor(1000 * beta_end))}, a smaller beta_end, or cosine_schedule."
         )
@@ -177,9 +178,7 @@ def cosine_schedule(T: int, s: float = 0.008, max_beta: float = 0.999) -> Schedu
         >>> bool(s.betas.max() <= 0.999)
         True
     """
-    T = int(T)
-    if T < 1:
-        raise ValueError(f"T must be a positive number of steps; got {T}.")
+    T = checks.count("T", T, 1)
 
     def f(t):
         return np.cos((t / T + s) / (1 + s) * np.pi / 2) ** 2

@@ -46,9 +46,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from elbox.diffusion.decoders import DiscretizedGaussian, Gaussian, GridPosterior
-from elbox.diffusion.elbo import BoundEstimate, bound_estimates, per_example_in_batches
-from elbox.diffusion.sample import most_likely_bin
+from elbox.diffusion.bound import BoundEstimate, bound_estimates, per_example_in_batches
+from elbox.diffusion.decoders import Gaussian
+from elbox.errors import SettingsError
 
 # The denoiser sees the normalised log-SNR (gamma - gamma_low) / (gamma_high - gamma_low), in
 # [0, 1] at the start, on the same grid as a discrete-time model with this many steps (its
@@ -93,7 +93,7 @@ class LearnedSchedule(eqx.Module):
     def __init__(self, key, gamma_0: float = -13.3, gamma_1: float = 5.0, hidden: int = 64, learn: bool = True,
                  dtype=None):
         if not gamma_0 < gamma_1:
-            raise ValueError(f"the schedule needs gamma_0 < gamma_1; got {gamma_0} and {gamma_1}")
+            raise SettingsError(f"the schedule needs gamma_0 < gamma_1; got {gamma_0} and {gamma_1}")
         dtype = jnp.result_type(float) if dtype is None else dtype
         key_slope, key_offset = jax.random.split(key)
         self.gamma_0 = jnp.asarray(gamma_0, dtype)
@@ -157,7 +157,9 @@ class VDM(eqx.Module):
     def __init__(self, key, denoiser, gamma_0: float = -13.3, gamma_1: float = 5.0, hidden: int = 64,
                  learn_schedule: bool = True, dtype=None, prior_logits=None):
         if getattr(denoiser, "learn_variance", False):
-            raise ValueError("a VDM's reverse variance is fixed by its schedule: build the denoiser with learn_variance=False")
+            raise SettingsError(
+                "a VDM's reverse variance is fixed by its schedule: build the denoiser with learn_variance=False"
+            )
         self.denoiser = denoiser
         self.schedule = LearnedSchedule(key, gamma_0, gamma_1, hidden, learn_schedule, dtype)
         self.prior_logits = None if prior_logits is None else jnp.asarray(prior_logits, jnp.result_type(float) if dtype is None else dtype)
@@ -180,12 +182,10 @@ def alpha_sigma(gamma):
 def reconstruction_term(gamma_0, x, eps_0, decoder, prior_logits=None):
     """-log p(x | z_0) for z_0 = alpha_0 x + sigma_0 eps_0, nats summed over dimensions: the
     decoder's likelihood of x with mean z_0 / alpha_0 = x + exp(gamma_0 / 2) eps_0 and scale
-    exp(gamma_0 / 2) (and a :class:`~elbox.diffusion.decoders.GridPosterior`'s prior logits)."""
+    exp(gamma_0 / 2), given the model's prior logits over the levels (None for a decoder without one)."""
     scale_log = 0.5 * gamma_0
     mean = x + jnp.exp(scale_log) * eps_0
-    if isinstance(decoder, GridPosterior):
-        return -jnp.sum(decoder.log_likelihood(x, mean, scale_log, prior_logits))
-    return -jnp.sum(decoder.log_likelihood(x, mean, scale_log))
+    return -jnp.sum(decoder.log_likelihood(x, mean, scale_log, prior_logits))
 
 
 def prior_term(gamma_1, x):
@@ -368,8 +368,9 @@ def sample(key, model: VDM, num_samples: int, dim: int, T: int = 1000, decoder=G
 
         z_s ~ N(alpha_s / alpha_t (z_t - sigma_t c eps_hat(z_t; t)), c sigma_s^2 I)   (VDM, appendix A.4),
 
-    and from z_0 the decoder's point estimate: z_0 / alpha_0 (continuous data) or the most likely
-    bin (a :class:`~elbox.diffusion.decoders.DiscretizedGaussian` or
+    and from z_0 the decoder's point estimate (``decoder.point_estimate``) at mean z_0 / alpha_0
+    and scale exp(gamma_0 / 2): z_0 / alpha_0 itself (continuous data) or the most likely bin (a
+    :class:`~elbox.diffusion.decoders.DiscretizedGaussian` or
     :class:`~elbox.diffusion.decoders.GridPosterior`).
     """
     dtype = jnp.result_type(float) if dtype is None else dtype
@@ -396,11 +397,7 @@ def _sample(key, model, num_samples, dim, T, decoder, dtype):
         gamma_0, _ = model.schedule.ends()
         alpha_0, _ = alpha_sigma(gamma_0)
         mean = z_0 / alpha_0
-        if isinstance(decoder, GridPosterior):
-            return decoder.most_likely(mean, jnp.full_like(mean, 0.5 * gamma_0), model.prior_logits)
-        if isinstance(decoder, DiscretizedGaussian):
-            return most_likely_bin(mean, jnp.full_like(mean, 0.5 * gamma_0), decoder)
-        return mean
+        return decoder.point_estimate(mean, jnp.full_like(mean, 0.5 * gamma_0), model.prior_logits)
 
     return jax.vmap(one)(jax.random.split(key, num_samples))
 

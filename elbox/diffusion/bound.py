@@ -1,0 +1,83 @@
+"""What the discrete-time (DDPM) and continuous-time (VDM) bounds share: the estimate of the
+negative ELBO over a data set, its units, and the batching of per-example terms.
+
+Both bounds are a mean over examples of every example's bound in nats; the standard error is
+across examples. Example i uses the i-th key of ``jax.random.split(key, n)``, so an answer does
+not depend on how the examples are cut into batches.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from elbox.estimate import Estimate, mean_and_stderr
+
+
+def bits_per_dim(nats_per_dim):
+    """Nats per dimension in bits: nats_per_dim / log 2.
+
+    For data quantised to bins (a :class:`~elbox.diffusion.decoders.DiscretizedGaussian`
+    decoder), -log2 p(x0) is the length in bits of an (ideal) code for x0 under the model, and
+    the bound in bits per dimension is an upper bound on that code length per dimension,
+    achieved by bits-back coding with the diffusion's latents (Townsend, Bird & Barber 2019;
+    Ho et al. 2020, section 4.3). For continuous data with a density it is not a code length:
+    it shifts with the units of x0 and can be negative.
+    """
+    return nats_per_dim / math.log(2.0)
+
+
+def per_example_in_batches(batch_fn, key, data, batch_size: int):
+    """``batch_fn(keys, rows)`` over the examples of ``data`` (axis 0), ``batch_size`` at a time,
+    example i with the i-th key of ``jax.random.split(key, n)`` (so the result does not depend
+    on ``batch_size``); the per-example outputs concatenated as float64 NumPy arrays."""
+    n = data.shape[0]
+    keys = jax.random.split(key, n)
+    chunks = [
+        jax.tree_util.tree_map(np.asarray, batch_fn(keys[i : i + batch_size], data[i : i + batch_size]))
+        for i in range(0, n, batch_size)
+    ]
+    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs).astype(np.float64), *chunks)
+
+
+def bound_estimates(per_example_nats, num_dims: int) -> tuple[Estimate, Estimate, Estimate]:
+    """(nats, nats per dimension, bits per dimension), each a mean with its standard error
+    across examples, from every example's bound in nats."""
+    nats = mean_and_stderr(per_example_nats)
+    nats_per_dim = Estimate(nats.value / num_dims, nats.stderr / num_dims)
+    return nats, nats_per_dim, Estimate(bits_per_dim(nats_per_dim.value), bits_per_dim(nats_per_dim.stderr))
+
+
+class BoundEstimate(NamedTuple):
+    """The negative ELBO over a data set, the bound on -log p(x0) (lower is better).
+
+    Attributes:
+        nats: per example (summed over dimensions), mean and standard error across examples (and
+            their t draws).
+        nats_per_dim: ``nats`` divided by the number of dimensions.
+        bits_per_dim: ``nats_per_dim`` / log 2.
+        reconstruction, denoising, prior: the means of L_0, sum_t L_{t-1} and L_T per example,
+            in nats (they add up to ``nats.value``).
+        denoising_per_step: mean L_{t-1} for t = 2..T, shape (T - 1,) (with sampled steps, the
+            mean of the draws at each t, NaN where none fell).
+        estimator: ``"sum over all T steps"`` or ``"T × one uniformly sampled t"``.
+        num_examples, num_dims, num_t_samples: the sizes behind the estimate.
+        per_example: every example's bound, nats, shape (num_examples,) (for paired comparisons
+            with an exact -log p(x0)).
+    """
+
+    nats: Estimate
+    nats_per_dim: Estimate
+    bits_per_dim: Estimate
+    reconstruction: float
+    denoising: float
+    prior: float
+    denoising_per_step: np.ndarray
+    estimator: str
+    num_examples: int
+    num_dims: int
+    num_t_samples: int | None
+    per_example: np.ndarray | None = None
