@@ -13,14 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import Z
 
 from elbox.diffusion.elbo import bound_estimate
 from elbox.diffusion.networks import ConvDenoiser, MLPDenoiser, as_eps_fn, fourier_features
 from elbox.diffusion.schedules import cosine_schedule
 from elbox.diffusion.train import TrainResult, ema_update, train
-from elbox.errors import FittingError, SettingsError
-
-Z = 4.0
+from elbox.errors import DataError, FittingError, RunError, SettingsError
 
 
 def mixture(n, seed=0):
@@ -147,7 +146,7 @@ def test_network_shapes_and_initial_output(learn_variance):
         assert float(jnp.max(jnp.abs(v_big))) <= 1.0 and float(jnp.max(jnp.abs(v_big))) > 0.9
     else:
         assert v is None and v_c is None
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(DataError, match="shape"):
         mlp(jnp.zeros(3), 1, T)
 
     features = fourier_features(jnp.array(7), T, 16)
@@ -169,3 +168,63 @@ def test_non_finite_loss_names_the_step(tiny, tmp_path):
         train(jax.random.key(1), data, network=net, steps=40, checkpoint_every=100, checkpoint_dir=tmp_path,
               **{**TINY, "learning_rate": 1e10})
     assert os.listdir(tmp_path) == []  # no checkpoint of a diverged state
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(tiny, tmp_path):
+    data, net = tiny
+    key = jax.random.key(1)
+    whole = train(key, data, network=net, steps=60, **TINY)
+    folder = tmp_path / "ckpt"
+    train(key, data, network=net, steps=40, checkpoint_every=20, checkpoint_dir=folder, **TINY)
+    newest = folder / "step_000000040.eqx"
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated, as by a full disk
+    with pytest.warns(RuntimeWarning, match=r"step_000000040\.eqx cannot be read.*step 20"):
+        resumed = train(key, data, network=net, steps=60, checkpoint_every=20, checkpoint_dir=folder, resume=True,
+                        **TINY)
+    assert_same_leaves(resumed.ema_network, whole.ema_network)
+    np.testing.assert_array_equal(resumed.loss_trace, whole.loss_trace)
+    assert sorted(os.listdir(folder))[-2:] == ["step_000000060.eqx", "step_000000060.json"]
+
+    # A checkpoint whose bytes changed but still parse is caught by its recorded checksum.
+    changed = folder / "step_000000060.eqx"
+    content = bytearray(changed.read_bytes())
+    content[-3] ^= 0xFF
+    changed.write_bytes(bytes(content))
+    with pytest.warns(RuntimeWarning, match="sha256"):
+        again = train(key, data, network=net, steps=60, checkpoint_every=20, checkpoint_dir=folder, resume=True,
+                      **TINY)
+    assert_same_leaves(again.ema_network, whole.ema_network)
+
+    # None readable: a RunError, not a traceback from the deserialiser.
+    for path in folder.glob("step_*.eqx"):
+        path.write_bytes(b"not a checkpoint")
+    with pytest.warns(RuntimeWarning), pytest.raises(RunError, match="None of the 2 checkpoint"):
+        train(key, data, network=net, steps=80, checkpoint_every=20, checkpoint_dir=folder, resume=True, **TINY)
+
+
+def test_checkpoints_by_wall_time_leave_the_result_unchanged(tiny, tmp_path):
+    data, net = tiny
+    key = jax.random.key(4)
+    seen = []
+
+    def progress(phase, done, total):  # after every chunk: which checkpoints exist now
+        seen.append(sorted(p.name for p in (tmp_path / "timed").glob("step_*.json")))
+
+    by_steps = train(key, data, network=net, steps=50, checkpoint_every=1000, checkpoint_dir=tmp_path / "steps",
+                     chunk_size=10, checkpoint_seconds=None, **TINY)
+    timed = train(key, data, network=net, steps=50, checkpoint_every=1000, checkpoint_dir=tmp_path / "timed",
+                  chunk_size=10, checkpoint_seconds=1e-9, **{**TINY, "progress": progress})
+    # Every chunk of 10 steps ends past the (tiny) time limit: a checkpoint after each of them.
+    assert seen[1] == ["step_000000010.json"] and seen[2] == ["step_000000010.json", "step_000000020.json"]
+    assert sorted(os.listdir(tmp_path / "steps")) == ["step_000000050.eqx", "step_000000050.json"]
+    assert_same_leaves(timed.network, by_steps.network)
+    assert_same_leaves(timed.ema_network, by_steps.ema_network)
+    np.testing.assert_array_equal(timed.loss_trace, by_steps.loss_trace)
+
+
+def test_counts_and_rates_follow_the_shared_rules(tiny):
+    data, net = tiny
+    for bad in ({"steps": True}, {"batch_size": True}, {"checkpoint_every": True, "checkpoint_dir": "x"},
+                {"steps": 2.0}, {"ema_decay": 1.0}, {"learning_rate": -1.0}, {"checkpoint_seconds": 0.0}):
+        with pytest.raises(SettingsError):
+            train(jax.random.key(0), data, network=net, **{**TINY, "steps": 1, **bad})

@@ -8,6 +8,10 @@ importance-sampling history (Nichol & Dhariwal 2021, section 3.3). The steps run
 ``lax.scan`` (:class:`~elbox.loop.ChunkedLoop`); the host looks in between, for the progress bar,
 non-finite losses and checkpoints.
 
+Checkpoints are written every ``checkpoint_every`` steps, at the end, and whenever
+``checkpoint_seconds`` of training have passed since the last one (so an interruption loses at
+most about that much work). A checkpoint that cannot be read is skipped for the one before it.
+
 The key of global step k (0-based, counted over all runs of a resumed training) is
 ``fold_in(key, k)``, so the result depends on neither the chunking nor interruptions: a run
 stopped after a checkpoint and resumed with ``resume=True`` ends with exactly the parameters of
@@ -16,11 +20,15 @@ an uninterrupted run with the same key and settings.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import re
 import tempfile
 import time
+import warnings
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -29,6 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from elbox import checks
+from elbox.diffusion import vdm
 from elbox.diffusion.decoders import Gaussian
 from elbox.diffusion.elbo import (
     init_importance_history,
@@ -38,9 +48,8 @@ from elbox.diffusion.elbo import (
     loss_vlb_uniform,
     update_importance_history,
 )
-from elbox.diffusion import vdm
 from elbox.diffusion.process import VARIANCES
-from elbox.errors import FittingError, SettingsError
+from elbox.errors import RunError, SettingsError
 from elbox.loop import ChunkedLoop, choose_chunk_size
 from elbox.precision import full_precision
 from elbox.progress import ProgressBar
@@ -48,6 +57,7 @@ from elbox.progress import ProgressBar
 LOSSES = ("vlb_importance", "vlb_uniform", "simple", "hybrid", "vdm")
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{9})\.json$")
 CHECKPOINTS_KEPT = 2
+CHECKPOINT_SECONDS = 60.0
 FORMAT_VERSION = 1
 
 
@@ -143,6 +153,8 @@ def train(
     resume: bool = False,
     chunk_size: int | None = None,
     progress=True,
+    checkpoint_seconds: float | None = CHECKPOINT_SECONDS,
+    on_start: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train a denoiser ``network(x_t, t, T) -> (eps_hat, v or None)`` on ``data``.
 
@@ -175,10 +187,17 @@ def train(
             The last two checkpoints are kept.
         checkpoint_dir: where checkpoints go (needed by ``checkpoint_every`` and ``resume``).
         resume: continue from the latest checkpoint in ``checkpoint_dir`` (start afresh when
-            there is none). Its key and settings must match this call's.
+            there is none). Its key and settings must match this call's. A checkpoint that
+            cannot be read (a truncated or damaged file) is skipped, with a warning, for the one
+            before it.
         chunk_size: steps per compiled chunk (default: from ``checkpoint_every`` or ``steps``);
             it does not change the result.
         progress: a progress bar (``True``), none, or a callback ``(phase, done, total)``.
+        checkpoint_seconds: with ``checkpoint_every``, also write a checkpoint at the end of the
+            first chunk that finishes this many seconds (wall clock) after the last checkpoint
+            (or the start); None: by steps only. It does not change the result.
+        on_start: called with the step training starts from (0, or the checkpoint's step) once
+            the settings and the checkpoint have been checked, before the first step.
 
     Returns:
         :class:`TrainResult`.
@@ -187,6 +206,7 @@ def train(
         FittingError: the loss became non-finite (the message names the step).
         SettingsError: an unknown loss or variance, bad counts, or a checkpoint that does not
             match these settings.
+        RunError: ``resume`` with checkpoints none of which can be read.
 
     Example:
         >>> net = MLPDenoiser(jax.random.key(0), dim=2, width=64, depth=2)
@@ -197,14 +217,20 @@ def train(
     data = jnp.asarray(data)
     if not jnp.issubdtype(data.dtype, jnp.floating):
         data = data.astype(jnp.result_type(float))
-    settings = _check_settings(data, network, steps, batch_size, loss, variance, ema_decay,
+    steps = checks.count("steps", steps, 0)
+    batch_size = checks.count("batch_size", batch_size, 1)
+    if checkpoint_every is not None:
+        checkpoint_every = checks.count("checkpoint_every", checkpoint_every, 1)
+    if checkpoint_seconds is not None:
+        checkpoint_seconds = checks.positive("checkpoint_seconds", checkpoint_seconds)
+    ema_decay = checks.fraction("ema_decay", ema_decay)
+    settings = _check_settings(data, network, batch_size, loss, variance, ema_decay,
                                checkpoint_every, checkpoint_dir, resume, schedule)
     if schedule is not None:
         schedule = schedule.cast(data.dtype)
     optimizer_given = optimizer is not None
     if optimizer is None:
-        if not callable(learning_rate) and not (np.isfinite(learning_rate) and learning_rate > 0):
-            raise SettingsError(f"learning_rate must be a positive number, got {learning_rate}.")
+        learning_rate = checks.learning_rate(learning_rate)
         optimizer = optax.adam(learning_rate)
 
     params, static = eqx.partition(network, eqx.is_inexact_array)
@@ -228,7 +254,8 @@ def train(
             value, grads = vdm.loss_and_grad(key_loss, state.params, static, data[indices], decoder)
         else:
             (value, info), grads = jax.value_and_grad(batch_loss, argnums=1, has_aux=True)(
-                key_loss, state.params, static, schedule, data[indices], loss, variance, decoder, state.history, vlb_weight
+                key_loss, state.params, static, schedule, data[indices], loss, variance, decoder, state.history,
+                vlb_weight,
             )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -238,34 +265,50 @@ def train(
         new = TrainState(params, ema_update(state.ema_params, params, ema_decay), opt_state, history, state.step + 1)
         return new, value
 
-    segments = _segments(start, steps, checkpoint_every)
+    if on_start is not None:
+        on_start(start)
+    checkpointing = checkpoint_every is not None
+    by_time = checkpointing and checkpoint_seconds is not None
     if chunk_size is None:
-        chunk_size = choose_chunk_size([checkpoint_every or steps], min_chunks=10 if progress else 1)
+        # Short chunks where the host must look often: a moving bar, or the clock of the checkpoints.
+        chunk_size = choose_chunk_size([checkpoint_every or steps], min_chunks=10 if progress or by_time else 1)
     loop = ChunkedLoop(step_fn, chunk_size)
     traces = [trace]
+    last_saved = [time.perf_counter()]
     with ProgressBar(progress, total=steps, description="diffusion") as bar:
         bar.phase(f"training ({loss})")
         if start:
             bar.update(start)
-        for segment_start, segment_end in segments:
+        position = start
+        while position < steps:
+            # A segment ends at the next multiple of checkpoint_every (or at steps), or earlier, at
+            # the end of a chunk, when a checkpoint is due by the clock. The step keys are
+            # fold_in(key, global step), so where the segments end does not change the result.
+            segment_end = _next_cut(position, steps, checkpoint_every)
             reported = [0]
 
-            def watch(outputs, segment_start=segment_start, reported=reported):
+            def watch(outputs, segment_start=position, reported=reported):
                 losses = np.asarray(outputs)
                 fresh = losses[reported[0]:]
                 bad = np.flatnonzero(~np.isfinite(fresh))
                 if bad.size:
-                    _raise_non_finite(segment_start + reported[0] + int(bad[0]), steps, learning_rate, optimizer_given)
+                    raise checks.non_finite_loss(
+                        "diffusion training loss", segment_start + reported[0] + int(bad[0]), steps, learning_rate,
+                        optimizer_given, NON_FINITE_REMEDIES,
+                    )
                 bar.update(fresh.size, loss=f"{float(np.mean(fresh)):.4g}")
                 reported[0] = losses.size
-                return False
+                return by_time and time.perf_counter() - last_saved[0] >= checkpoint_seconds
 
-            run = loop.run(state, key, segment_end - segment_start,
-                           {"offset": jnp.int32(segment_start), "data": data}, stop=watch)
+            run = loop.run(state, key, segment_end - position,
+                           {"offset": jnp.int32(position), "data": data}, stop=watch)
             state = run.carry
-            traces.append(np.asarray(run.outputs, np.float32))
-            if checkpoint_every is not None:
+            segment_trace = np.asarray(run.outputs, np.float32)
+            traces.append(segment_trace)
+            position += segment_trace.shape[0]
+            if checkpointing:
                 _save(checkpoint_dir, state, key_data, np.concatenate(traces), settings)
+                last_saved[0] = time.perf_counter()
 
     return TrainResult(
         network=eqx.combine(state.params, static),
@@ -276,41 +319,26 @@ def train(
     )
 
 
-def _raise_non_finite(step, steps, learning_rate, optimizer_given):
-    if optimizer_given:
-        rate = "the optimizer's"
-    else:
-        rate = "the schedule's" if callable(learning_rate) else f"{learning_rate:g}"
-    raise FittingError(
-        f"The diffusion training loss became non-finite at step {step} (of {steps}). The step size "
-        f"is probably too large: try a smaller learning rate than {rate} (a tenth of it, say), "
-        "gradient clipping (optax.chain(optax.clip_by_global_norm(1.0), optax.adam(...))), or a "
-        "larger batch_size."
-    )
+NON_FINITE_REMEDIES = ("gradient clipping (optax.chain(optax.clip_by_global_norm(1.0), optax.adam(...))), "
+                       "or a larger batch_size")
+
+
+def _next_cut(position: int, steps: int, checkpoint_every: int | None) -> int:
+    """The next multiple of checkpoint_every after ``position``, or ``steps`` if it comes first."""
+    if checkpoint_every is None:
+        return steps
+    return min(steps, (position // checkpoint_every + 1) * checkpoint_every)
 
 
 def _is_typed_key(key) -> bool:
     return jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key)
 
 
-def _segments(start: int, steps: int, checkpoint_every: int | None):
-    """[(a, b), ...] covering start..steps, cut at multiples of checkpoint_every."""
-    if start >= steps:
-        return []
-    if checkpoint_every is None:
-        return [(start, steps)]
-    cuts = list(range((start // checkpoint_every + 1) * checkpoint_every, steps, checkpoint_every))
-    bounds = [start] + cuts + [steps]
-    return list(zip(bounds[:-1], bounds[1:]))
-
-
-def _check_settings(data, network, steps, batch_size, loss, variance, ema_decay, checkpoint_every,
-                    checkpoint_dir, resume, schedule) -> dict:
-    for name, value, minimum in (("steps", steps, 0), ("batch_size", batch_size, 1)):
-        if not isinstance(value, (int, np.integer)) or value < minimum:
-            raise SettingsError(f"{name} must be an integer >= {minimum}; got {value!r}.")
-    if loss not in LOSSES:
-        raise SettingsError(f"Unknown loss {loss!r}; choose one of {', '.join(LOSSES)}.")
+def _check_settings(data, network, batch_size, loss, variance, ema_decay, checkpoint_every, checkpoint_dir, resume,
+                    schedule) -> dict:
+    """The checks of the settings that the counts' and rates' checks do not cover, and the
+    settings a checkpoint must match."""
+    checks.one_of("loss", loss, LOSSES)
     if (loss == "vdm") != isinstance(network, vdm.VDM):
         raise SettingsError(
             'loss="vdm" trains a VDM (a denoiser with its learned schedule), and a VDM trains only on '
@@ -318,8 +346,7 @@ def _check_settings(data, network, steps, batch_size, loss, variance, ema_decay,
         )
     if schedule is None and loss != "vdm":
         raise SettingsError(f'loss={loss!r} needs the noise schedule of the discrete-time model (schedule=...).')
-    if variance not in VARIANCES:
-        raise SettingsError(f"Unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}.")
+    checks.one_of("variance", variance, VARIANCES)
     if variance == "learned_range" and not getattr(network, "learn_variance", True):
         raise SettingsError(
             'variance="learned_range" needs a network with a variance output: build it with '
@@ -330,15 +357,10 @@ def _check_settings(data, network, steps, batch_size, loss, variance, ema_decay,
             'loss="simple" does not train the variance output of variance="learned_range"; use '
             'loss="hybrid" or a vlb loss, or a fixed variance.'
         )
-    if not 0.0 <= ema_decay < 1.0:
-        raise SettingsError(f"ema_decay must be in [0, 1); got {ema_decay}.")
     if data.ndim < 1 or data.shape[0] < 1:
         raise SettingsError(f"data needs at least one example along axis 0; got shape {data.shape}.")
-    if checkpoint_every is not None:
-        if not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 1:
-            raise SettingsError(f"checkpoint_every must be a positive integer or None; got {checkpoint_every!r}.")
-        if checkpoint_dir is None:
-            raise SettingsError("checkpoint_every needs a checkpoint_dir to write the checkpoints to.")
+    if checkpoint_every is not None and checkpoint_dir is None:
+        raise SettingsError("checkpoint_every needs a checkpoint_dir to write the checkpoints to.")
     if resume and checkpoint_dir is None:
         raise SettingsError("resume=True needs the checkpoint_dir of the run to resume.")
     return {
@@ -368,26 +390,34 @@ def _atomic_write(directory: str, name: str, write):
 
 
 def _save(directory, state: TrainState, key_data, trace: np.ndarray, settings: dict):
-    """Write step_<step>.eqx (the state, key and trace), then step_<step>.json (written last: a
-    checkpoint counts once its JSON exists); keep the last CHECKPOINTS_KEPT."""
+    """Write step_<step>.eqx (the state, key and trace), then step_<step>.json with the settings
+    and the sha256 of the .eqx file (written last: a checkpoint counts once its JSON exists); keep
+    the last CHECKPOINTS_KEPT, and remove any of later steps (left from a line of training that
+    was not continued, such as an unreadable checkpoint skipped on resuming)."""
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     step = int(state.step)
     stem = f"step_{step:09d}"
-    payload = (state, jnp.asarray(key_data), trace)
-    _atomic_write(directory, stem + ".eqx", lambda path: eqx.tree_serialise_leaves(path, payload))
-    meta = {"step": step, "key_shape": list(key_data.shape), **settings}
-
-    def write_json(path):
-        with open(path, "w") as f:
-            json.dump(meta, f, indent=1)
-
-    _atomic_write(directory, stem + ".json", write_json)
-    for old in sorted(_checkpoint_steps(directory))[:-CHECKPOINTS_KEPT]:
+    buffer = io.BytesIO()
+    eqx.tree_serialise_leaves(buffer, (state, jnp.asarray(key_data), trace))
+    content = buffer.getvalue()
+    _atomic_write(directory, stem + ".eqx", lambda path: _write_bytes(path, content))
+    meta = {"step": step, "key_shape": list(key_data.shape), **settings, "sha256": hashlib.sha256(content).hexdigest()}
+    _atomic_write(directory, stem + ".json", lambda path: _write_bytes(path, json.dumps(meta, indent=1).encode()))
+    earlier = sorted(s for s in _checkpoint_steps(directory) if s <= step)
+    stale = earlier[:-CHECKPOINTS_KEPT] + [s for s in _checkpoint_steps(directory) if s > step]
+    for old in stale:
         for suffix in (".json", ".eqx"):  # JSON first: a half-deleted checkpoint is not listed
             path = os.path.join(directory, f"step_{old:09d}{suffix}")
             if os.path.exists(path):
                 os.remove(path)
+
+
+def _write_bytes(path, content: bytes):
+    with open(path, "wb") as f:
+        f.write(content)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _checkpoint_steps(directory) -> list[int]:
@@ -396,28 +426,65 @@ def _checkpoint_steps(directory) -> list[int]:
     return [int(m.group(1)) for name in os.listdir(directory) if (m := CHECKPOINT_PATTERN.match(name))]
 
 
+class _Unreadable(Exception):
+    """A checkpoint whose files cannot be read back (truncated, damaged, or half deleted)."""
+
+
+def _read_checkpoint(stem: str, like: TrainState, key_data):
+    """(meta, state, saved key, trace) of the checkpoint ``stem``.json/.eqx; _Unreadable if either
+    file cannot be read or the .eqx does not match the sha256 its JSON records."""
+    try:
+        with open(stem + ".json") as f:
+            meta = json.load(f)
+        step = int(meta["step"])
+        with open(stem + ".eqx", "rb") as f:
+            content = f.read()
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise _Unreadable(f"{type(error).__name__}: {error}") from None
+    recorded = meta.get("sha256")  # checkpoints written before the checksum was recorded have none
+    if recorded is not None and hashlib.sha256(content).hexdigest() != recorded:
+        raise _Unreadable("its bytes do not match the sha256 recorded beside it")
+    payload_like = (like, jnp.zeros(key_data.shape, key_data.dtype), np.zeros((step,), np.float32))
+    try:
+        state, saved_key, trace = eqx.tree_deserialise_leaves(io.BytesIO(content), payload_like)
+    except Exception as error:  # a truncated or foreign file
+        raise _Unreadable(f"{type(error).__name__}: {error}") from None
+    return meta, state, saved_key, trace
+
+
 def _load_latest(directory, like: TrainState, key_data, settings: dict):
-    """(state, trace) of the latest checkpoint in ``directory``, or None when there is none."""
+    """(state, trace) of the latest readable checkpoint in ``directory``, or None when there is
+    none. An unreadable one is skipped with a warning; if none can be read, a RunError."""
     directory = os.fspath(directory)
-    steps = _checkpoint_steps(directory)
+    steps = sorted(_checkpoint_steps(directory), reverse=True)
     if not steps:
         return None
-    step = max(steps)
-    stem = os.path.join(directory, f"step_{step:09d}")
-    with open(stem + ".json") as f:
-        meta = json.load(f)
-    different = {k: (meta.get(k), v) for k, v in settings.items() if meta.get(k) != v}
-    if different:
-        listed = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in different.items())
-        raise SettingsError(
-            f"The checkpoint {stem}.json was written with other settings ({listed}). Resume with the "
-            "same settings, or use another checkpoint_dir to start afresh."
-        )
-    payload_like = (like, jnp.zeros(key_data.shape, key_data.dtype), np.zeros((step,), np.float32))
-    state, saved_key, trace = eqx.tree_deserialise_leaves(stem + ".eqx", payload_like)
-    if not np.array_equal(np.asarray(saved_key), key_data):
-        raise SettingsError(
-            f"The checkpoint {stem}.eqx was written by a training run with another key; resume with "
-            "the same key (the steps' draws are fold_in(key, step)), or use another checkpoint_dir."
-        )
-    return state, np.asarray(trace, np.float32)
+    problems = []
+    for step in steps:
+        stem = os.path.join(directory, f"step_{step:09d}")
+        try:
+            meta, state, saved_key, trace = _read_checkpoint(stem, like, key_data)
+        except _Unreadable as error:
+            problems.append(f"step {step}: {error}")
+            later = [s for s in steps if s < step]
+            instead = f"resuming from the one before it, step {later[0]}" if later else "no earlier checkpoint is left"
+            warnings.warn(f"The checkpoint {stem}.eqx cannot be read ({error}); {instead}.", RuntimeWarning,
+                          stacklevel=3)
+            continue
+        different = {k: (meta.get(k), v) for k, v in settings.items() if meta.get(k) != v}
+        if different:
+            listed = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in different.items())
+            raise SettingsError(
+                f"The checkpoint {stem}.json was written with other settings ({listed}). Resume with the "
+                "same settings, or use another checkpoint_dir to start afresh."
+            )
+        if not np.array_equal(np.asarray(saved_key), key_data):
+            raise SettingsError(
+                f"The checkpoint {stem}.eqx was written by a training run with another key; resume with "
+                "the same key (the steps' draws are fold_in(key, step)), or use another checkpoint_dir."
+            )
+        return state, np.asarray(trace, np.float32)
+    raise RunError(
+        f"None of the {len(steps)} checkpoint(s) in {directory} can be read ({'; '.join(problems)}), so training "
+        "cannot continue from them; start afresh in another folder (or remove the checkpoints)."
+    )
