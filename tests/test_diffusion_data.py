@@ -7,12 +7,12 @@ import math
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import Z
 from scipy.stats import multivariate_normal
 
 from elbox.diffusion import data as D
 from elbox.errors import DataError, ElboxError
 
-Z = 4.0  # z-threshold for the Monte Carlo comparisons (two-sided p ~ 6e-5 under the truth)
 SYNTHETIC = ["gmm8", "checkerboard", "moons", "gmm8_quantized"]
 
 
@@ -44,9 +44,9 @@ def test_default_sizes():
 
 
 def test_bad_sizes_raise():
-    with pytest.raises(ElboxError, match="n_train must be a positive integer"):
+    with pytest.raises(ElboxError, match="n_train must be a whole number >= 1"):
         D.gmm8(n_train=0)
-    with pytest.raises(ElboxError, match="n_test must be a positive integer"):
+    with pytest.raises(ElboxError, match="n_test must be a whole number >= 1"):
         D.checkerboard(n_test=2.5)
 
 
@@ -339,3 +339,20 @@ def test_get_dataset_unknown_name_lists_the_builtins():
         D.get_dataset("digits", levels=17)
     with pytest.raises(DataError, match="no data file"):
         D.get_dataset("nowhere/data.csv")
+
+
+def test_large_values_are_scaled_or_rejected_for_what_they_are(tmp_path):
+    rng = np.random.default_rng(0)
+    varying = 1e30 * (1.0 + rng.normal(size=(40, 2)))  # large, but within float32 and varying
+    data = D.load_array(_save(tmp_path, "large.npy", varying))
+    y = data.to_model(data.train)
+    assert np.all(np.isfinite(y)) and float(np.std(y)) == pytest.approx(1.0, rel=1e-3)
+    with pytest.raises(DataError, match=r"beyond float32's range.*divide the data") as info:
+        D.load_array(_save(tmp_path, "huge.npy", 1e300 * (1.0 + rng.normal(size=(40, 2)))))
+    assert "the same" not in str(info.value)
+    wide = np.tile([[-3e38, 1.0], [3e38, 2.0]], (20, 1))  # each value fits, the range does not
+    with pytest.raises(DataError, match=r"column 0 .* range over 6e\+38"):
+        D.load_array(_save(tmp_path, "wide.npy", wide))
+    fine = 1e8 + 1e-3 * rng.normal(size=(40, 2))  # varies below float32's resolution at 1e8
+    with pytest.raises(DataError, match="float32's precision"):
+        D.load_array(_save(tmp_path, "fine.npy", fine))

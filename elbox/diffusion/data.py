@@ -47,15 +47,17 @@ import difflib
 import functools
 import io
 import math
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 from scipy.special import entr, ndtr, ndtri
 
+from elbox import checks
 from elbox.errors import DataError, SettingsError
 
 __all__ = [
@@ -72,6 +74,7 @@ __all__ = [
     "uniform_bits_per_dim",
     "load_array",
     "check_width",
+    "check_float32_range",
     "get_dataset",
     "builtin_names",
     "DataError",
@@ -170,8 +173,7 @@ def _discrete_map(levels: int) -> tuple[float, float]:
 
 def _check_sizes(n_train, n_test):
     for label, n in (("n_train", n_train), ("n_test", n_test)):
-        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-            raise SettingsError(f"{label} must be a positive integer, got {n!r}")
+        checks.count(label, n, 1)
 
 
 def _streams(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
@@ -529,6 +531,7 @@ def independent_categorical_baseline_bits_per_dim(train, test, levels: int) -> f
 # ---------------------------------------------------------------------------------------------
 
 SUPPORTED_SUFFIXES = (".npy", ".csv")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 MIN_ROWS = 10
 TEST_FRACTION = 0.1
 
@@ -670,6 +673,8 @@ def load_array(path, levels: int | None = None, seed: int = 0) -> Dataset:
             f"{path} has only {n} row(s); at least {MIN_ROWS} are needed to split off a test set "
             f"({int(TEST_FRACTION * 100)}%) and still train"
         )
+    if levels is None:
+        check_float32_range(array, str(path))
     permutation = np.random.default_rng(seed).permutation(n)
     test = array[permutation[:n_test]].astype(np.float32)
     train = array[permutation[n_test:]].astype(np.float32)
@@ -680,9 +685,21 @@ def load_array(path, levels: int | None = None, seed: int = 0) -> Dataset:
         centre = train.astype(np.float64).mean(axis=0)
         spread = float(np.std(train.astype(np.float64) - centre))
         if not spread > 0:
+            if np.ptp(array[permutation[n_test:]], axis=0).max() > 0:
+                raise DataError(
+                    f"the training values in {path} differ only beyond float32's precision (about 7 significant "
+                    "digits), in which elbox trains, so in float32 every column is constant; subtract each "
+                    "column's mean (or a constant near it) before saving the data"
+                )
             raise DataError(
                 f"every training value in {path} is the same in each column, so the data have no density to "
                 "learn; if they are integer codes, pass levels=K"
+            )
+        if not 1.0 / spread <= FLOAT32_MAX:
+            raise DataError(
+                f"the training values in {path} spread by only {spread:.3g} (standard deviation), so the scale "
+                f"1 / {spread:.3g} that maps them to unit spread overflows float32; multiply the data by a power "
+                "of ten first"
             )
         scale = 1.0 / spread
         shift = (-centre * scale).astype(np.float32)
@@ -698,6 +715,29 @@ def load_array(path, levels: int | None = None, seed: int = 0) -> Dataset:
         true_entropy_per_dim=None,
         description=f"user data from {path} ({n} rows, {d} columns)",
     )
+
+
+def check_float32_range(array: np.ndarray, what: str) -> None:
+    """Raise :class:`~elbox.errors.DataError` unless the values of ``array`` (rows, columns) and
+    each column's range (max - min) are finite in float32, in which continuous data are trained
+    and evaluated (``what`` names the data in the message)."""
+    array = np.asarray(array, np.float64)
+    largest = float(np.max(np.abs(array)))
+    if not largest <= FLOAT32_MAX:
+        first = tuple(np.argwhere(np.abs(array) > FLOAT32_MAX)[0])
+        raise DataError(
+            f"{what} has values beyond float32's range (largest magnitude {FLOAT32_MAX:.3g}), in which elbox "
+            f"trains: the first is {array[first]:.3g} at {_where(first)}, the largest magnitude {largest:.3g}; "
+            "divide the data by a power of ten first"
+        )
+    ranges = np.ptp(array, axis=0)
+    if not float(ranges.max()) <= FLOAT32_MAX:
+        column = int(np.argmax(ranges))
+        raise DataError(
+            f"the values of column {column} of {what} range over {ranges[column]:.3g} (from "
+            f"{array[:, column].min():.3g} to {array[:, column].max():.3g}), beyond float32's range "
+            f"({FLOAT32_MAX:.3g}), in which elbox trains; divide the data by a power of ten first"
+        )
 
 
 def check_width(array, d: int, *, what: str = "the data") -> None:
