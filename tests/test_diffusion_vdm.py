@@ -251,7 +251,8 @@ def test_grid_posterior_is_a_distribution_with_the_right_limits():
                           for c in centres], axis=-1)
         np.testing.assert_allclose(np.exp(log_p).sum(axis=-1), 1.0, rtol=1e-5)
     # Wide: the prior. Narrow: the bin of the mean.
-    wide = np.stack([np.asarray(decoder.log_likelihood(jnp.full(3, c), mean, jnp.float32(8.0), logits)) for c in centres], -1)
+    wide = np.stack([np.asarray(decoder.log_likelihood(jnp.full(3, c), mean, jnp.float32(8.0), logits))
+                     for c in centres], -1)
     np.testing.assert_allclose(wide, np.asarray(jax.nn.log_softmax(logits, axis=-1)), atol=1e-4)
     nearest = np.clip(np.round((np.asarray(mean) + 1) / 0.25), 0, 8)
     narrow = decoder.most_likely(mean, jnp.float32(-8.0), logits)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
+from elbox import checks
 from elbox.cli.common import _count, write_json
-from elbox.errors import ElboxError
+from elbox.errors import ElboxError, RunError
 
 
 def add_parser(commands):
-    diffusion = commands.add_parser("diffusion", help="train a diffusion model on its ELBO; its bound, terms and samples")
+    diffusion = commands.add_parser("diffusion",
+                                    help="train a diffusion model on its ELBO; its bound, terms and samples")
     actions = diffusion.add_subparsers(dest="diffusion_command", required=True, metavar="ACTION")
 
     train = actions.add_parser("train", help="train the default recipe for a data set; save the run in DIR")
@@ -22,10 +25,14 @@ def add_parser(commands):
     train.add_argument("--model", choices=("vdm", "ddpm"), default=None,
                        help="vdm: the continuous-time bound with a learned noise schedule (default); "
                             "ddpm: T = 1000 discrete steps, L_hybrid with a learned variance range")
-    train.add_argument("--steps", type=_count(1), default=None, help="optimisation steps (default: the data set's recipe)")
+    train.add_argument("--steps", type=_count(1), default=None,
+                       help="optimisation steps (default: the data set's recipe)")
     train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     train.add_argument("--out", required=True, metavar="DIR", type=Path, help="folder for the run")
-    train.add_argument("--resume", action="store_true", help="continue the run in DIR from its latest checkpoint")
+    again = train.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the run in DIR from its latest checkpoint")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in DIR (without it, a folder holding a run is refused)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     # Hidden: change the recipe (tests and quick experiments).
     train.add_argument("--T", type=_count(2), default=None, help=argparse.SUPPRESS)
@@ -35,11 +42,13 @@ def add_parser(commands):
     train.add_argument("--checkpoint-every", type=_count(1), default=None, help=argparse.SUPPRESS)
     train.set_defaults(handler=run_diffusion_train)
 
-    elbo = actions.add_parser("elbo", help="the test-set bound in nats/dim and bits/dim, its terms and the gap to the entropy")
+    elbo = actions.add_parser("elbo",
+                              help="the test-set bound in nats/dim and bits/dim, its terms and the gap to the entropy")
     elbo.add_argument("run_dir", metavar="DIR", type=Path, help="a folder written by `elbox diffusion train`")
     elbo.add_argument("--data", metavar="PATH", default=None,
                       help="evaluate this .npy/.csv file (same columns as the training data) instead of the test set")
     elbo.add_argument("--json", metavar="PATH", type=Path, help="write the results as JSON to PATH")
+    elbo.add_argument("--plot", metavar="PNG", type=Path, help="plot the per-step terms of the bound to PNG")
     elbo.add_argument("--seed", type=int, default=0, help="random seed of the x_t draws (default: 0)")
     elbo.add_argument("--max-examples", type=_count(1), default=None,
                       help="evaluate at most this many examples (default: all for the continuous-time bound, "
@@ -54,18 +63,27 @@ def add_parser(commands):
     draw.set_defaults(handler=run_diffusion_sample)
 
 
+# The hidden recipe options of `train`, by recipe key (top level, then the network's).
+_RECIPE_FLAGS = {"T": "--T", "batch_size": "--batch-size", "checkpoint_every": "--checkpoint-every"}
+_NETWORK_FLAGS = {"width": "--width", "depth": "--depth"}
+
+
 def run_diffusion_train(args) -> int:
     from elbox.diffusion.run import train_run
+    from elbox.diffusion.run_folder import RunStateError
 
+    checks.writable_folder(args.out, "--out")
     overrides = {"model": args.model, "T": args.T, "width": args.width, "depth": args.depth,
                  "batch_size": args.batch_size, "checkpoint_every": args.checkpoint_every}
     try:
         meta = train_run(args.data, args.steps, args.seed, args.out, resume=args.resume, levels=args.levels,
-                         progress=not args.no_progress, recipe_overrides=overrides)
+                         progress=not args.no_progress, recipe_overrides=overrides, overwrite=args.overwrite)
+    except RunStateError as error:
+        raise _with_command_hint(error, args) from None
     except KeyboardInterrupt:
         checkpoints = sorted((args.out / "checkpoints").glob("step_*.json")) if args.out.is_dir() else []
         where = f"the last checkpoint is {checkpoints[-1].stem}" if checkpoints else "no checkpoint was written yet"
-        print(f"elbox: training interrupted; {where}. Continue with the same command and --resume.", file=sys.stderr)
+        print(f"elbox: training interrupted; {where}. Continue with: {_command_of(args)}", file=sys.stderr)
         return 130
     recipe = meta["recipe"]
     if recipe["model"] == "vdm":
@@ -80,39 +98,84 @@ def run_diffusion_train(args) -> int:
     return 0
 
 
-def run_diffusion_elbo(args) -> int:
-    from elbox.diffusion.run import elbo_run
-    from elbox.report.diffusion_plots import per_step_plot
+def _command_of(args) -> str:
+    """The `train` command of ``args`` with --resume: every setting the user gave, once more."""
+    parts = ["elbox", "diffusion", "train", "--data", str(args.data)]
+    given = [("--levels", args.levels), ("--model", args.model), ("--steps", args.steps), ("--seed", args.seed),
+             ("--out", args.out), ("--T", args.T), ("--width", args.width), ("--depth", args.depth),
+             ("--batch-size", args.batch_size), ("--checkpoint-every", args.checkpoint_every)]
+    parts += [str(item) for flag, value in given if value is not None for item in (flag, value)]
+    return shlex.join(parts + ["--resume"])
 
-    bound = elbo_run(args.run_dir, data_path=args.data, seed=args.seed, max_examples=args.max_examples)
-    where = f", T = {bound['T']}" if bound["T"] is not None else ""
-    print(f"{bound['data']}: bound on -log p(x) over {bound['num_examples']} examples ({bound['estimator']}{where})")
-    print(f"  nats/dim  {bound['nats_per_dim']:.4f} ± {bound['stderr']:.4f}")
-    print(f"  bits/dim  {bound['bits_per_dim']:.4f} ± {bound['stderr_bits']:.4f}")
-    terms = bound["terms"]
-    print(f"  terms (nats/dim): reconstruction {terms['reconstruction']:.4f}, denoising {terms['denoising']:.4f}, "
-          f"prior {terms['prior']:.3g}")
-    discrete = bound["discrete_time"]
-    if discrete is not None:
-        dterms = discrete["terms"]
-        print(f"  the same model with T = {discrete['T']} steps ({discrete['num_examples']} examples): "
-              f"{discrete['nats_per_dim']:.4f} ± {discrete['stderr']:.4f} nats/dim "
-              f"({discrete['bits_per_dim']:.4f} bits/dim); denoising {dterms['denoising']:.4f}")
-    if bound["true_entropy_per_dim"] is not None:
-        print(f"  true entropy {bound['true_entropy_per_dim']:.4f} nats/dim; gap (bound - entropy) "
-              f"{bound['gap_to_entropy']:.4f} ± {bound['stderr']:.4f} nats/dim")
+
+def _resume_command(meta: dict, run_dir: Path) -> str:
+    """The `train` command that continues the run of ``meta`` in ``run_dir``: its data, levels,
+    model, steps, seed and every recipe setting that differs from the default; or, for a recipe
+    the command line cannot express, how to resume it from Python."""
+    from elbox.diffusion.data import builtin_names
+    from elbox.diffusion.recipes import DEFAULT_MODEL, make_recipe
+
+    recipe = meta["recipe"]
+    default = make_recipe(meta["data"], {"model": recipe["model"]})
+    parts = ["elbox", "diffusion", "train", "--data", str(meta["data"])]
+    if meta["levels"] is not None and meta["data"] not in builtin_names():
+        parts += ["--levels", str(meta["levels"])]
+    if recipe["model"] != DEFAULT_MODEL:
+        parts += ["--model", recipe["model"]]
+    if recipe["steps"] != default["steps"]:
+        parts += ["--steps", str(recipe["steps"])]
+    parts += ["--seed", str(meta["seed"]), "--out", str(run_dir)]
+    for key, flag in _RECIPE_FLAGS.items():
+        if recipe.get(key) != default.get(key):
+            parts += [flag, str(recipe[key])]
+    for key, flag in _NETWORK_FLAGS.items():
+        if recipe["network"].get(key) != default["network"].get(key):
+            parts += [flag, str(recipe["network"][key])]
+    settable = set(_RECIPE_FLAGS) | {"model", "steps", "network"}
+    other = sorted(k for k in recipe if k not in settable and recipe[k] != default.get(k))
+    other += sorted(f"network {k}" for k in set(recipe["network"]) | set(default["network"])
+                    if k not in _NETWORK_FLAGS and recipe["network"].get(k) != default["network"].get(k))
+    if other:
+        return (f"train_run(..., resume=True) from Python with the run's recipe (run.json), whose settings "
+                f"{', '.join(other)} the command line cannot set")
+    return f"`{shlex.join(parts + ['--resume'])}`"
+
+
+def _with_command_hint(error, args=None) -> RunError:
+    """The library's RunStateError with the command-line way to go on."""
+    if error.kind == "finished":
+        hint = "pass --overwrite to replace it, or choose another --out folder"
+    elif error.kind == "in_progress":
+        command = _resume_command(error.meta, error.run_dir) if error.meta else f"`{_command_of(args)}`"
+        hint = f"continue it with {command}, replace it with --overwrite, or choose another --out folder"
+    elif error.kind == "unfinished":
+        hint = f"finish it with {_resume_command(error.meta, error.run_dir)}"
     else:
-        print("  true entropy: unknown for these data")
-    if bound["gap_to_test_nll"] is not None:
-        print(f"  exact -log p(x) of the same examples {bound['test_nll_per_dim']:.4f} nats/dim; "
-              f"gap (bound - (-log p), paired) {bound['gap_to_test_nll']:.4f} ± {bound['gap_to_test_nll_stderr']:.4f}")
-    if bound["categorical_baseline_bits_per_dim"] is not None:
-        print(f"  baselines: independent categorical {bound['categorical_baseline_bits_per_dim']:.4f} bits/dim, "
-              f"uniform {bound['uniform_bits_per_dim']:.4f} bits/dim")
-    plot = per_step_plot(bound, args.run_dir / "elbo_per_step.png")
-    print(f"saved: {plot}")
-    if args.json:
-        write_json(args.json, bound)
+        hint = f"train one with `elbox diffusion train --data NAME --out {shlex.quote(str(error.run_dir))}`"
+    return RunError(f"{error.problem}; {hint}")
+
+
+def run_diffusion_elbo(args) -> int:
+    from elbox.diffusion.evaluate import evaluate_run
+    from elbox.diffusion.run_folder import RunStateError
+    from elbox.report.diffusion_plots import per_step_plot
+    from elbox.report.diffusion_summary import bound_text
+
+    if args.json is not None:
+        checks.writable_file(args.json, "--json")
+    if args.plot is not None:
+        checks.writable_file(args.plot, "--plot")
+    try:
+        report = evaluate_run(args.run_dir, data_path=args.data, seed=args.seed, max_examples=args.max_examples)
+    except RunStateError as error:
+        raise _with_command_hint(error) from None
+    print(bound_text(report))
+    if args.plot is not None:
+        print(f"saved: {per_step_plot(report, args.plot)}")
+    else:
+        print("per-step plot: add --plot PATH")
+    if args.json is not None:
+        write_json(args.json, report.as_dict())
         print(f"results written to {args.json}")
     return 0
 
@@ -120,9 +183,14 @@ def run_diffusion_elbo(args) -> int:
 def run_diffusion_sample(args) -> int:
     from elbox.diffusion.data import builtin_names
     from elbox.diffusion.run import load_run, sample_run, training_data
+    from elbox.diffusion.run_folder import RunStateError
     from elbox.report.diffusion_plots import samples_plot
 
-    run = load_run(args.run_dir)
+    checks.writable_file(args.out, "--out")
+    try:
+        run = load_run(args.run_dir)
+    except RunStateError as error:
+        raise _with_command_hint(error) from None
     samples = sample_run(args.run_dir, args.n, seed=args.seed)
     meta = run.meta
     train = None
@@ -136,5 +204,3 @@ def run_diffusion_sample(args) -> int:
     path = samples_plot(samples, args.out, name=name, dim=meta["dim"], levels=meta["levels"], train=train)
     print(f"saved: {path} ({args.n} samples)")
     return 0
-
-

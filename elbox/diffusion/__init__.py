@@ -17,11 +17,13 @@ Modules:
 * ``process``: the forward process's closed forms (q(x_t | x0), the posterior
   q(x_{t-1} | x_t, x0)), the reverse model's mean and variance from a predicted noise, and the
   KL of diagonal Gaussians.
-* ``decoders``: the reconstruction likelihood log p_theta(x0 | x1): Gaussian for continuous
-  data, discretised Gaussian for data on a grid of bins (8-bit images).
-* ``elbo``: the three terms, the bound over a data set in nats and bits per dimension with
-  standard errors, and the training losses (L_vlb with uniform or importance-sampled t,
-  L_simple, L_hybrid).
+* ``decoders``: the reconstruction likelihood log p_theta(x0 | x1) and the samplers' point
+  estimate of x0, one contract for all: Gaussian for continuous data, discretised Gaussian or
+  VDM's grid posterior for data on a grid of bins (8-bit images).
+* ``bound``: what the two bounds share: the estimate over a data set in nats and bits per
+  dimension with standard errors, and the batching of per-example terms.
+* ``elbo``: the three terms of the discrete-time bound and the training losses (L_vlb with
+  uniform or importance-sampled t, L_simple, L_hybrid).
 * ``data``: built-in data sets with their exact entropies where known (gmm8, checkerboard,
   quantised gmm8), two moons, the 8x8 digits, and the user's own arrays.
 * ``networks``: equinox denoisers predicting the noise (an MLP with Fourier time features, a
@@ -32,5 +34,11 @@ Modules:
 * ``train``: the optax training loop in compiled chunks, with EMA weights and checkpoints from
   which an interrupted run resumes to exactly the uninterrupted result.
 * ``sample``: ancestral sampling from the learned reverse process.
-* ``run``: per-data-set recipes (vdm by default, ddpm on request) and the run folders behind ``elbox diffusion train|elbo|sample``.
+* ``recipes``: per-data-set recipes (vdm by default, ddpm on request) and the factories of their
+  optimiser, schedule, network and decoder.
+* ``run_folder``: a run on disk (run.json with the model's checksum, the model, the loss trace,
+  the checkpoints), written so that a finished run is never lost.
+* ``evaluate``: the bound of a trained run as a typed report (``BoundReport``).
+* ``run``: training a recipe into a run folder and sampling from it: the entry points behind
+  ``elbox diffusion train|elbo|sample``.
 """

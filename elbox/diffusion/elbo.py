@@ -21,7 +21,8 @@ Indexing of the training losses: ``term(t)`` is L_0 at t = 1 and L_{t-1} at t >=
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -34,7 +35,8 @@ from elbox.diffusion.process import coefficient, gaussian_kl, p_log_variance, p_
 from elbox.errors import SettingsError
 
 __all__ = [
-    "ESTIMATOR_ALL_STEPS", "ESTIMATOR_SAMPLED_STEP", "EpsFn", "BoundEstimate", "ImportanceHistory", "LossInfo", "bits_per_dim", "bound_estimate", "bound_estimates",
+    "ESTIMATOR_ALL_STEPS", "ESTIMATOR_SAMPLED_STEP", "EpsFn",
+    "BoundEstimate", "ImportanceHistory", "LossInfo", "bits_per_dim", "bound_estimate", "bound_estimates",
     "denoising_term", "exact_terms", "importance_probabilities", "init_importance_history", "loss_hybrid",
     "loss_simple", "loss_vlb_importance", "loss_vlb_uniform", "per_example_in_batches", "prior_term",
     "reconstruction_term", "term_given_noise", "update_importance_history",

@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
@@ -55,9 +55,9 @@ def fourier_features(t, num_steps, num_features: int, dtype=jnp.float32):
 
 def _shrink(layer, scale: float):
     """``layer`` with its weight multiplied by ``scale`` and its bias zero."""
-    layer = eqx.tree_at(lambda l: l.weight, layer, layer.weight * scale)
+    layer = eqx.tree_at(lambda m: m.weight, layer, layer.weight * scale)
     if getattr(layer, "bias", None) is not None:
-        layer = eqx.tree_at(lambda l: l.bias, layer, jnp.zeros_like(layer.bias))
+        layer = eqx.tree_at(lambda m: m.bias, layer, jnp.zeros_like(layer.bias))
     return layer
 
 

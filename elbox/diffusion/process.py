@@ -39,7 +39,8 @@ def q_sample(schedule, x0, t, noise):
         >>> s = linear_schedule(1000)
         >>> xt = q_sample(s, x0, 500, jax.random.normal(key, x0.shape))
     """
-    return coefficient(schedule.sqrt_alpha_bars, t, x0) * x0 + coefficient(schedule.sqrt_one_minus_alpha_bars, t, x0) * noise
+    return (coefficient(schedule.sqrt_alpha_bars, t, x0) * x0
+            + coefficient(schedule.sqrt_one_minus_alpha_bars, t, x0) * noise)
 
 
 def q_mean_variance(schedule, x0, t):
@@ -67,7 +68,8 @@ def q_posterior(schedule, x0, xt, t):
     Returns:
         (mean, variance, log_variance_clipped), each of x0's shape.
     """
-    mean = coefficient(schedule.posterior_mean_coef_x0, t, x0) * x0 + coefficient(schedule.posterior_mean_coef_xt, t, xt) * xt
+    mean = (coefficient(schedule.posterior_mean_coef_x0, t, x0) * x0
+            + coefficient(schedule.posterior_mean_coef_xt, t, xt) * xt)
     variance = jnp.broadcast_to(coefficient(schedule.posterior_variance, t, x0), jnp.shape(x0))
     log_variance = jnp.broadcast_to(coefficient(schedule.posterior_log_variance_clipped, t, x0), jnp.shape(x0))
     return mean, variance, log_variance
@@ -78,7 +80,8 @@ def predict_x0_from_eps(schedule, xt, t, eps):
 
     Exact inverse of :func:`q_sample` in ``noise``; with a predicted eps_hat, the predicted x0.
     """
-    return (xt - coefficient(schedule.sqrt_one_minus_alpha_bars, t, xt) * eps) / coefficient(schedule.sqrt_alpha_bars, t, xt)
+    return ((xt - coefficient(schedule.sqrt_one_minus_alpha_bars, t, xt) * eps)
+            / coefficient(schedule.sqrt_alpha_bars, t, xt))
 
 
 def gaussian_kl(mean1, logvar1, mean2, logvar2):
@@ -138,6 +141,7 @@ def p_mean_variance(schedule, xt, t, eps_hat, variance: str = "beta_tilde", v=No
     Returns:
         (mean, variance, log_variance), each of x_t's shape.
     """
-    mean = coefficient(schedule.reverse_mean_coef_xt, t, xt) * xt - coefficient(schedule.reverse_mean_coef_eps, t, xt) * eps_hat
+    mean = (coefficient(schedule.reverse_mean_coef_xt, t, xt) * xt
+            - coefficient(schedule.reverse_mean_coef_eps, t, xt) * eps_hat)
     log_variance = p_log_variance(schedule, t, xt, variance, v)
     return mean, jnp.exp(log_variance), log_variance

@@ -70,7 +70,7 @@ class Schedule(NamedTuple):
         """T, the number of diffusion steps."""
         return int(self.betas.shape[0])
 
-    def cast(self, dtype) -> "Schedule":
+    def cast(self, dtype) -> Schedule:
         """The same schedule as JAX arrays of ``dtype`` (each value rounded once from float64).
 
         Example:

@@ -105,7 +105,8 @@ class LearnedSchedule(eqx.Module):
         self.learn = bool(learn)
 
     def _parameters(self):
-        leaves = (self.gamma_0, self.range_raw, self.slope_raw, self.unit_slope_raw, self.unit_offset, self.unit_weight_raw)
+        leaves = (self.gamma_0, self.range_raw, self.slope_raw, self.unit_slope_raw, self.unit_offset,
+                  self.unit_weight_raw)
         return leaves if self.learn else tuple(jax.lax.stop_gradient(p) for p in leaves)
 
     def ends(self):
@@ -162,7 +163,8 @@ class VDM(eqx.Module):
             )
         self.denoiser = denoiser
         self.schedule = LearnedSchedule(key, gamma_0, gamma_1, hidden, learn_schedule, dtype)
-        self.prior_logits = None if prior_logits is None else jnp.asarray(prior_logits, jnp.result_type(float) if dtype is None else dtype)
+        logits_dtype = jnp.result_type(float) if dtype is None else dtype
+        self.prior_logits = None if prior_logits is None else jnp.asarray(prior_logits, logits_dtype)
         self.gamma_low = float(gamma_0)
         self.gamma_high = float(gamma_1)
 
@@ -290,7 +292,9 @@ def _per_example_continuous(model: VDM, key, x, num_t, decoder):
     eps = jax.random.normal(key_eps, (num_t,) + x.shape, x.dtype)
     eps_0 = jax.random.normal(key_eps0, (num_t,) + x.shape, x.dtype)
     gamma_t, dgamma_t = jax.vmap(model.schedule.value_and_derivative)(t)
-    terms = jax.vmap(lambda g, dg, e, e0: continuous_terms(model, x, g, dg, e, e0, decoder))(gamma_t, dgamma_t, eps, eps_0)
+    terms = jax.vmap(lambda g, dg, e, e0: continuous_terms(model, x, g, dg, e, e0, decoder))(
+        gamma_t, dgamma_t, eps, eps_0
+    )
     recon, diffusion, prior = (jnp.mean(term) for term in terms)
     return {"reconstruction": recon, "denoising": diffusion, "prior": prior, "total": recon + diffusion + prior}
 
@@ -332,8 +336,9 @@ def bound_estimate(key, model: VDM, data, decoder=Gaussian(), T: int | None = No
     data = jnp.asarray(data)
     num_dims = int(np.prod(data.shape[1:]))
     if T is None:
-        out = per_example_in_batches(lambda keys, rows: _continuous_batch(model, keys, rows, int(num_t_samples), decoder),
-                                     key, data, batch_size)
+        out = per_example_in_batches(
+            lambda keys, rows: _continuous_batch(model, keys, rows, int(num_t_samples), decoder), key, data, batch_size
+        )
         per_step = np.zeros((0,))
         denoising = float(out["denoising"].mean())
         estimator = ESTIMATOR_CONTINUOUS.format(k=int(num_t_samples))

@@ -14,18 +14,25 @@ import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np  # noqa: E402
+import numpy as np
+
+from elbox.errors import DataError
 
 MAX_BACKGROUND_POINTS = 5_000
 
 
-def per_step_plot(bound: dict, path: Path, title: str | None = None) -> Path:
+def per_step_plot(bound, path: Path, title: str | None = None) -> Path:
     """The denoising terms (nats per dimension, mean over the test examples) against the step, log
-    scale, from :func:`elbox.diffusion.run.elbo_run`'s dict: L_{t-1} for t = 2..T of a ddpm run,
-    or the T steps' KLs of a vdm run's discrete-time bound against t = i / T. Non-positive values
-    (Monte Carlo noise in a KL that is nearly zero cannot make it negative, but a learned model can
-    make it tiny) are clipped to the smallest positive value so that the log axis shows them."""
-    per_step = np.asarray(bound["denoising_per_step"], np.float64)
+    scale, from a :class:`~elbox.diffusion.evaluate.BoundReport` (or its dict,
+    :func:`~elbox.diffusion.evaluate.elbo_run`): L_{t-1} for t = 2..T of a ddpm run, or the T
+    steps' KLs of a vdm run's discrete-time bound against t = i / T. Non-positive values (Monte
+    Carlo noise in a KL that is nearly zero cannot make it negative, but a learned model can make
+    it tiny) are clipped to the smallest positive value so that the log axis shows them."""
+    from elbox.report.diffusion_summary import estimate_text
+
+    bound = bound.as_dict() if hasattr(bound, "as_dict") else bound
+    n = bound["num_examples"]
+    per_step = np.asarray([np.nan if v is None else v for v in bound["denoising_per_step"]], np.float64)
     positive = per_step[per_step > 0]
     floor = positive.min() if positive.size else 1e-12
     terms = bound["terms"]
@@ -38,16 +45,17 @@ def per_step_plot(bound: dict, path: Path, title: str | None = None) -> Path:
         ax.set_xlabel("time t = i / T")
         discrete = bound["discrete_time"]
         summary = (
-            f"continuous-time bound {bound['nats_per_dim']:.4f} ± {bound['stderr']:.4f} nats/dim "
-            f"(T = {steps}: {discrete['nats_per_dim']:.4f} ± {discrete['stderr']:.4f})\n"
-            f"L_recon {terms['reconstruction']:.4f}, L_diffusion {terms['denoising']:.4f}, L_prior {terms['prior']:.2e}"
+            f"continuous-time bound {estimate_text(bound['nats_per_dim'], bound['stderr'], n)} nats/dim "
+            f"(T = {steps}: {estimate_text(discrete['nats_per_dim'], discrete['stderr'], discrete['num_examples'])})\n"
+            f"L_recon {terms['reconstruction']:.4f}, L_diffusion {terms['denoising']:.4f}, "
+            f"L_prior {terms['prior']:.2e}"
         )
     else:
         t = np.arange(2, per_step.size + 2)
         label = r"$L_{t-1}$ (denoising)"
         ax.set_xlabel("diffusion step t")
         summary = (
-            f"bound {bound['nats_per_dim']:.4f} ± {bound['stderr']:.4f} nats/dim; "
+            f"bound {estimate_text(bound['nats_per_dim'], bound['stderr'], n)} nats/dim; "
             f"L_0 {terms['reconstruction']:.4f}, sum L_t-1 {terms['denoising']:.4f}, L_T {terms['prior']:.2e}"
         )
     ax.plot(t, np.maximum(per_step, floor), color="tab:blue", lw=1.0, label=label)
@@ -92,7 +100,8 @@ def samples_scatter_plot(samples, path: Path, *, name: str = "", train=None, tit
         if finite.any() and np.ptp(log_p[finite]) > 1e-6:
             # Lines where log p is 1/2, 2 and 9/2 nats below its peak (1, 2, 3 sd of a Gaussian).
             top = log_p[finite].max()
-            ax.contourf(gx, gy, np.where(finite, log_p, -np.inf), levels=[top - 4.5, top + 1], colors=["tab:blue"], alpha=0.15)
+            ax.contourf(gx, gy, np.where(finite, log_p, -np.inf), levels=[top - 4.5, top + 1], colors=["tab:blue"],
+                        alpha=0.15)
             ax.contour(gx, gy, np.where(finite, log_p, top - 100), levels=[top - 4.5, top - 2, top - 0.5],
                        colors="tab:blue", linewidths=0.8, linestyles="solid")
         else:  # a density that is constant on its support: shade the support
@@ -126,7 +135,7 @@ def digits_grid_plot(samples, path: Path, *, levels: int | None = 17, title: str
     n, d = samples.shape
     size = math.isqrt(d)
     if size * size != d:
-        raise ValueError(f"digits_grid_plot needs square images; rows of {d} values are not")
+        raise DataError(f"digits_grid_plot needs square images; rows of {d} values are not")
     columns = math.ceil(math.sqrt(n))
     rows = math.ceil(n / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(columns * 0.8, rows * 0.8 + 0.4), squeeze=False)
