@@ -235,7 +235,8 @@ def main(argv=None):
     parser.add_argument("--draws", type=int, help="draws per chain for every run (default: per model and chains)")
     parser.add_argument(
         "--repeats", type=int,
-        help="fresh-process repeats per library (default 5 for eight_schools, 3 for logistic_regression; 1 with --quick)",
+        help="fresh-process repeats per library "
+             "(default 5 for eight_schools, 3 for logistic_regression; 1 with --quick)",
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed for one worker process")
     parser.add_argument(

@@ -48,7 +48,7 @@ Usage:
     python benchmarks/bench_vi.py                 # the full run (6-7 minutes on 2 cores)
     python benchmarks/bench_vi.py --quick         # a smoke run: eight_schools, meanfield, 1 repeat
     python benchmarks/bench_vi.py --models eight_schools --families fullrank --repeats 3
-    python benchmarks/bench_vi.py --worker elbox_defaults eight_schools meanfield 10000 0   # one raw measurement (seed 0)
+    python benchmarks/bench_vi.py --worker elbox_defaults eight_schools meanfield 10000 0   # one measurement, seed 0
 """
 
 from __future__ import annotations
@@ -405,7 +405,8 @@ def compare(model_name: str, family: str, steps: int, repeats: int, timeout: flo
     for mode in ELBOX_MODES:
         ours = f"elbox_{mode}"
         elbox_seconds = median(ours, "first_call_seconds")
-        peer_seconds = {peer: median(peer, "first_call_seconds") if peer in runs else None for peer in ("numpyro", "blackjax")}
+        peer_seconds = {peer: median(peer, "first_call_seconds") if peer in runs else None
+                        for peer in ("numpyro", "blackjax")}
         elbos = {peer: median_elbo(peer) for peer in ("numpyro", "blackjax")}
         elbox_elbo = median_elbo(ours)
         own = median_run(ours)["own_elbo"]
@@ -419,7 +420,8 @@ def compare(model_name: str, family: str, steps: int, repeats: int, timeout: flo
             "numpyro_seconds": round(peer_seconds["numpyro"], 3),
             "blackjax_seconds": None if peer_seconds["blackjax"] is None else round(peer_seconds["blackjax"], 3),
             "ratio_numpyro": round(peer_seconds["numpyro"] / elbox_seconds, 3),
-            "ratio_blackjax": None if peer_seconds["blackjax"] is None else round(peer_seconds["blackjax"] / elbox_seconds, 3),
+            "ratio_blackjax": (None if peer_seconds["blackjax"] is None
+                               else round(peer_seconds["blackjax"] / elbox_seconds, 3)),
             "ratio_numpyro_paired": paired_ratio("numpyro", ours),
             "ratio_blackjax_paired": paired_ratio("blackjax", ours),
             "elbox_elbo": elbox_elbo,
@@ -456,7 +458,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=STEPS, help=f"optimisation steps (default {STEPS})")
     parser.add_argument(
         "--repeats", type=int,
-        help="fresh-process repeats per library (default 5 for eight_schools, 3 for logistic_regression; 1 with --quick)",
+        help="fresh-process repeats per library "
+             "(default 5 for eight_schools, 3 for logistic_regression; 1 with --quick)",
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed for one worker process")
     parser.add_argument(

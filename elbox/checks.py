@@ -18,8 +18,9 @@ from __future__ import annotations
 import math
 import numbers
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 

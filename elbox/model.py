@@ -25,8 +25,9 @@ Three ways to build one:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -133,7 +134,7 @@ class Model:
         if log_joint_fn is None:
             if log_prior_fn is None or log_likelihood_fn is None:
                 raise ModelError("A Model needs log_joint_fn, or both log_prior_fn and log_likelihood_fn.")
-            log_joint_fn = lambda u: log_prior_fn(u) + log_likelihood_fn(u)  # noqa: E731
+            log_joint_fn = lambda u: log_prior_fn(u) + log_likelihood_fn(u)
         self.name = name
         self.init_position = jax.tree_util.tree_map(jnp.asarray, init_position)
         self._log_prior_fn = log_prior_fn
@@ -235,7 +236,7 @@ class Model:
         known: Known | None = None,
         conjugacy: Conjugacy | None = None,
         **model_kwargs,
-    ) -> "Model":
+    ) -> Model:
         """Build a Model from a NumPyro model function.
 
         Latent ``numpyro.sample`` sites form the prior (with the log-Jacobian of their
@@ -260,7 +261,7 @@ class Model:
         *,
         name: str = "log_density",
         known: Known | None = None,
-    ) -> "Model":
+    ) -> Model:
         """Build a Model from log p(x, z) (up to a constant) of an unconstrained pytree.
 
         There is no prior/likelihood split, so ``log_prior`` and ``log_likelihood`` raise
@@ -282,7 +283,7 @@ class Model:
         *,
         name: str = "model",
         known: Known | None = None,
-    ) -> "Model":
+    ) -> Model:
         """Build a Model from independent prior distributions and a log-likelihood.
 
         Args:
@@ -453,7 +454,7 @@ def _fixed_gaussian_prior(trace_at, init: dict):
 
     moments = []
     for shift in (0.3, -0.7):
-        tr = trace_at(jax.tree_util.tree_map(lambda x: x + shift, init))
+        tr = trace_at(jax.tree_util.tree_map(lambda x, shift=shift: x + shift, init))
         means, variances = {}, {}
         for site_name in init:
             fn = tr[site_name]["fn"]

@@ -10,7 +10,8 @@ Test modules import it with ``from conftest import Z`` (pytest puts ``tests/`` o
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import pytest
 

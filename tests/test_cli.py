@@ -20,7 +20,8 @@ QUICK = ["--warmup", "200", "--draws", "200", "--no-progress"]
 
 def test_sample_builtin_writes_json_and_outputs(tmp_path, capsys):
     path = tmp_path / "out.json"
-    code = main(["sample", "eight_schools", "--method", "mh", "--json", str(path), "--out", str(tmp_path / "draws"), *QUICK])
+    code = main(["sample", "eight_schools", "--method", "mh", "--json", str(path), "--out", str(tmp_path / "draws"),
+                 *QUICK])
     assert code == 0
     printed = capsys.readouterr().out
     assert "r_hat" in printed and "tau" in printed
@@ -145,7 +146,8 @@ def test_tour_runs_and_fills_its_folder(tmp_path):
 
 
 FIT_FIELDS = {
-    "model", "method", "steps", "seed", "elbo", "elbo_forms", "log_evidence", "gap", "seconds", "parameters", "converged",
+    "model", "method", "steps", "seed", "elbo", "elbo_forms", "log_evidence", "gap", "seconds", "parameters",
+    "converged",
 }
 
 

@@ -12,12 +12,11 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
+from conftest import Z  # the z-threshold of the statistical tests
 
 import elbox
 from elbox.errors import InitializationError, SettingsError
 from elbox.mcmc import adaptation, metropolis
-
-from conftest import Z  # the z-threshold of the statistical tests
 
 
 def z_scores(results, known):
@@ -97,7 +96,8 @@ def test_independence_proposal_through_sample():
     """An independence proposal (q ignores z, so it is asymmetric) gives the exact posterior."""
     model = elbox.models.get("beta_binomial")
     proposal = metropolis.independence(mean=jnp.array([-0.8]), scale=jnp.array([0.6]))
-    results = elbox.sample(model, jax.random.key(8), chains=4, warmup=200, draws=5000, proposal=proposal, progress=False)
+    results = elbox.sample(model, jax.random.key(8), chains=4, warmup=200, draws=5000, proposal=proposal,
+                           progress=False)
     for label, (z_mean, z_sd) in z_scores(results, model.known).items():
         assert abs(z_mean) < Z, (label, z_mean)
         assert abs(z_sd) < Z, (label, z_sd)

@@ -89,13 +89,14 @@ def eight_schools_forms():
     us = jax.vmap(reference.unravel)(points)  # a batch of pytrees, leading axis = point
     values = {}
     for name, model in forms.items():
-        assert jax.tree_util.tree_structure(model.init_position) == jax.tree_util.tree_structure(reference.init_position)
+        structure = jax.tree_util.tree_structure
+        assert structure(model.init_position) == structure(reference.init_position)
         fns = {"log_joint": model.log_joint}
         if model.has_split:
             fns.update(log_prior=model.log_prior, log_likelihood=model.log_likelihood)
-        values[name] = jax.device_get(jax.jit(jax.vmap(lambda u: {k: f(u) for k, f in fns.items()}))(us))
+        values[name] = jax.device_get(jax.jit(jax.vmap(lambda u, fns=fns: {k: f(u) for k, f in fns.items()}))(us))
     values["potential_energy"] = np.array([
-        float(potential_energy(eight_schools, (Y, SIGMA), {}, jax.tree_util.tree_map(lambda x: x[i], us)))
+        float(potential_energy(eight_schools, (Y, SIGMA), {}, jax.tree_util.tree_map(lambda x, i=i: x[i], us)))
         for i in range(points.shape[0])
     ])
     return forms, us, values
@@ -179,7 +180,8 @@ def test_support_without_a_map_is_a_model_error_naming_the_site():
     from numpyro.distributions import constraints
 
     with pytest.raises(ModelError, match=r"direction.*[Ss]phere"):
-        Model.from_prior_and_likelihood({"direction": dist.ImproperUniform(constraints.sphere, (), (3,))}, lambda z: 0.0)
+        prior = {"direction": dist.ImproperUniform(constraints.sphere, (), (3,))}
+        Model.from_prior_and_likelihood(prior, lambda z: 0.0)
 
 
 def test_model_that_raises_is_a_model_error():
@@ -250,7 +252,7 @@ def _evidence_laplace(model):
     """Laplace's approximation, exact when log_joint is quadratic (Gaussian prior and likelihood,
     identity map): log_joint(mode) + d/2 log 2 pi - 1/2 log det(-H)."""
     with jax.enable_x64(True):
-        f = lambda v: model.log_joint(model.unravel(v))  # noqa: E731
+        f = lambda v: model.log_joint(model.unravel(v))
         grad, hess = jax.jit(jax.grad(f)), jax.jit(jax.hessian(f))
         v = jnp.zeros(model.dimension, dtype=jnp.float64)
         for _ in range(3):  # Newton: exact in one step for a quadratic, the rest polish round-off
@@ -294,7 +296,7 @@ def _evidence_funnel(model):
         d = model.init_position["x"].size
 
         def marginal(v):
-            joint = lambda x: model.log_joint({"v": v, "x": x})  # noqa: E731
+            joint = lambda x: model.log_joint({"v": v, "x": x})
             x0 = jnp.zeros(d, dtype=jnp.float64)
             sign, logdet = jnp.linalg.slogdet(-jax.hessian(joint)(x0))
             return joint(x0) + 0.5 * d * jnp.log(2 * jnp.pi) - 0.5 * logdet

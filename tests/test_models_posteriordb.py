@@ -12,12 +12,11 @@ from __future__ import annotations
 import re
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import special, stats
-
-import jax
-import jax.numpy as jnp
 
 from elbox import models
 from elbox.models import load_data, logistic, posteriordb

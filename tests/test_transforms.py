@@ -34,7 +34,7 @@ no ``jax.experimental.enable_x64``); every function is traced and called inside 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -10,14 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import Z  # the z-threshold of the statistical tests
 
 import elbox
 from elbox.errors import FittingError, NoPriorLikelihoodSplit
 from elbox.models.conjugate import linear_regression_data, linear_regression_posterior_covariance
 from elbox.vi.elbo import gaussian_kl, loglik_minus_kl, surrogate_loss
 from elbox.vi.families import FullRank, MeanField
-
-from conftest import Z  # the z-threshold of the statistical tests
 
 
 @pytest.mark.parametrize("name", ["normal_normal", "linear_regression", "beta_binomial"])

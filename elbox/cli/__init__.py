@@ -8,7 +8,8 @@ The commands are in :mod:`elbox.cli.inference` (sample, fit, models, tour) and
     elbox fit MODEL --method meanfield|fullrank|flow|cavi --steps N --seed S [--json PATH] [--out DIR]
     elbox models [--json]
     elbox tour [--out DIR]
-    elbox diffusion train --data NAME|PATH [--levels K] [--model vdm|ddpm] --steps N --seed S --out DIR [--resume] [--no-progress]
+    elbox diffusion train --data NAME|PATH [--levels K] [--model vdm|ddpm] --steps N --seed S --out DIR
+                          [--resume] [--no-progress]
     elbox diffusion elbo DIR [--data PATH] [--json PATH]
     elbox diffusion sample DIR --n 64 --out PNG [--seed S]
 

@@ -109,7 +109,8 @@ def _defined(module) -> list[str]:
 
     return sorted(
         k for k, v in vars(module).items()
-        if not k.startswith("_") and (isinstance(v, Model) or (inspect.isfunction(v) and v.__module__ == module.__name__))
+        if not k.startswith("_")
+        and (isinstance(v, Model) or (inspect.isfunction(v) and v.__module__ == module.__name__))
     )
 
 
@@ -121,7 +122,8 @@ def _defined_names(path: Path) -> list[str]:
         tree = ast.parse(path.read_text())
     except (OSError, SyntaxError, ValueError):
         return []
-    return [node.name for node in tree.body if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")] or ["none"]
+    functions = [node.name for node in tree.body if isinstance(node, ast.FunctionDef)]
+    return [name for name in functions if not name.startswith("_")] or ["none"]
 
 
 def write_json(path: Path, payload: dict):

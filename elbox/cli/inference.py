@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from elbox.errors import SettingsError
 from elbox.cli.common import _count, _positive_float, _probability, _seed, check_outputs, load_model, write_json
+from elbox.errors import SettingsError
 
 
 def add_parsers(commands):
@@ -30,7 +30,8 @@ def add_parsers(commands):
     fit.add_argument("model", metavar="MODEL", help="built-in model name or path/to/file.py:NAME")
     fit.add_argument("--method", default="meanfield", choices=["meanfield", "fullrank", "flow", "cavi"],
                      help="variational family, or cavi for coordinate ascent (default: meanfield)")
-    fit.add_argument("--steps", type=_count(1), default=10_000, help="largest number of optimisation steps (default: 10000)")
+    fit.add_argument("--steps", type=_count(1), default=10_000,
+                     help="largest number of optimisation steps, or of CAVI sweeps (default: 10000)")
     fit.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     fit.add_argument("--learning-rate", type=_positive_float, default=None,
                      help="Adam's step size (default: 0.01, 0.003 for flow)")
@@ -92,7 +93,6 @@ def run_fit(args) -> int:
     import jax
 
     from elbox.report.summary import fit_json, fit_text
-
     from elbox.vi.fit import fit
 
     model = load_model(args.model)

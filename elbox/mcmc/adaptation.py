@@ -70,7 +70,9 @@ def initial_scale(dimension: int) -> float:
     return 2.38 / np.sqrt(dimension)
 
 
-def warmup_schedule(warmup: int, initial_buffer: int = 75, terminal_buffer: int = 50, first_window: int = 25) -> WarmupSchedule:
+def warmup_schedule(
+    warmup: int, initial_buffer: int = 75, terminal_buffer: int = 50, first_window: int = 25
+) -> WarmupSchedule:
     """Stan's windowed schedule; short warm-ups scale the buffers to 15% and 10%."""
     in_slow = np.zeros(warmup, dtype=bool)
     window_end = np.zeros(warmup, dtype=bool)

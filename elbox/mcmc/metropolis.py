@@ -14,7 +14,8 @@ position, pure functions; batching over chains and looping are the driver's job.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

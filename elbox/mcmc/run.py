@@ -8,7 +8,8 @@ compiled ``lax.scan`` chunks (:mod:`elbox.loop`).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -120,7 +121,7 @@ def sample(
         states, info = jax.vmap(one_chain)(keys, states, adapt_states, phase["scale"])
 
         def adapt(adapt_states):
-            update = lambda a, rate, x: adaptation.update(a, rate, x, in_slow[t], window_end[t], target)  # noqa: E731
+            update = lambda a, rate, x: adaptation.update(a, rate, x, in_slow[t], window_end[t], target)
             return jax.vmap(update)(adapt_states, info.acceptance_rate, states.position)
 
         # A real branch, not a select: after warm-up the adaptation is not computed at all.

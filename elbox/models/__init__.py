@@ -5,7 +5,7 @@
 
 from elbox.models._registry import describe, get, load_data, names, register, resolve, summary
 
-# Importing the modules registers their models, in this order.
-from elbox.models import conjugate, classic, posteriordb, logistic, mixture  # noqa: E402,F401
+# Importing the modules registers their models, in this order (kept out of import sorting).
+from elbox.models import conjugate, classic, posteriordb, logistic, mixture  # noqa: F401  # isort: skip
 
 __all__ = ["describe", "get", "load_data", "names", "register", "resolve", "summary"]

@@ -6,8 +6,8 @@ import difflib
 import functools
 import gzip
 import json
+from collections.abc import Callable
 from importlib import resources
-from typing import Callable
 
 from elbox.errors import ModelError
 from elbox.model import Model

@@ -11,7 +11,7 @@ Nothing about its posterior is known in closed form.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax.numpy as jnp
 import numpy as np

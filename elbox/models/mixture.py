@@ -29,7 +29,8 @@ def gaussian_mixture_data():
     return np.asarray(data["x"], dtype=float), int(data["num_components"]), float(data["prior_sd"])
 
 
-@register("gaussian_mixture", "300 points from a mixture of 3 unit-variance Gaussians in 2-d; N(0, 5^2) prior on the means")
+@register("gaussian_mixture",
+          "300 points from a mixture of 3 unit-variance Gaussians in 2-d; N(0, 5^2) prior on the means")
 def gaussian_mixture() -> Model:
     known = Known(source="nothing exact: the posterior has K! symmetric modes (label switching)")
     args = gaussian_mixture_data()

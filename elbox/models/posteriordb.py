@@ -19,8 +19,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Mapping
-from typing import Callable
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -290,7 +289,8 @@ def eight_schools_noncentered() -> Model:
     return _build("eight_schools-eight_schools_noncentered")
 
 
-@register("kidiq-kidscore_momiq", "Kid IQ on mother's IQ, linear regression with flat coefficients (posteriordb; 3 parameters)")
+@register("kidiq-kidscore_momiq",
+          "Kid IQ on mother's IQ, linear regression with flat coefficients (posteriordb; 3 parameters)")
 def kidiq_kidscore_momiq() -> Model:
     return _build("kidiq-kidscore_momiq")
 
@@ -320,7 +320,8 @@ def garch_garch11() -> Model:
 
 @register(
     "diamonds-diamonds",
-    "Diamond prices, regression on 24 highly correlated predictors, 5000 rows (posteriordb; 26 parameters, ill-conditioned)",
+    "Diamond prices, regression on 24 highly correlated predictors, 5000 rows "
+    "(posteriordb; 26 parameters, ill-conditioned)",
 )
 def diamonds_diamonds() -> Model:
     return _build("diamonds-diamonds")

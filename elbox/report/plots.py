@@ -6,7 +6,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from elbox.results import SamplingResults  # noqa: E402
+from elbox.results import SamplingResults
 
 MAX_TRACE_VARIABLES = 8
 
@@ -51,7 +51,8 @@ def elbo_trace_plot(results, path: Path) -> Path:
         ax.plot(steps[width - 1:][keep], smooth[keep], color="tab:blue", lw=1.5, label=f"running mean ({width} steps)")
         if evidence is not None:
             ax.axhline(evidence.value, color="black", lw=1.2, label=f"log p(x) = {evidence.value:.3f} (exact)")
-        ax.axhline(final.value, color="tab:orange", lw=1, ls="--", label=f"final ELBO {final.value:.3f} ± {final.stderr:.3f}")
+        ax.axhline(final.value, color="tab:orange", lw=1, ls="--",
+                   label=f"final ELBO {final.value:.3f} ± {final.stderr:.3f}")
         ax.set_xlabel("step")
         ax.set_ylabel("nats")
     top = evidence.value if evidence is not None else float(np.max(smooth))

@@ -41,7 +41,8 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -242,7 +243,8 @@ def cavi_gaussian_mixture(key, x, num_components: int, prior_sd: float,
     if x.ndim != 2:
         raise DataError(f"x must have shape (n, d) or (n,), got {x.shape}.")
     if not 1 <= num_components <= x.shape[0]:
-        raise SettingsError(f"num_components must lie in 1..n (the number of points), got K={num_components}, n={x.shape[0]}.")
+        raise SettingsError(
+            f"num_components must lie in 1..n (the number of points), got K={num_components}, n={x.shape[0]}.")
     m, s2, phi, trace, t, converged = _cavi_gaussian_mixture(
         key, x, int(num_components), prior_sd, int(max_iterations), tolerance)
     t = int(t)
@@ -271,7 +273,8 @@ def log_evidence_gaussian_mixture_by_enumeration(x, num_components: int, prior_s
     n, d = x.shape
     K = int(num_components)
     if K**n > max_assignments:
-        raise SettingsError(f"Enumerating K^n = {K}^{n} assignments is too many; exact log p(x) by enumeration is for tiny data sets.")
+        raise SettingsError(f"Enumerating K^n = {K}^{n} assignments is too many; "
+                            "exact log p(x) by enumeration is for tiny data sets.")
     sigma2 = float(prior_sd) ** 2
     assignments = np.array(list(itertools.product(range(K), repeat=n)), dtype=np.int64)  # (M, n)
     onehot = (assignments[:, :, None] == np.arange(K)).astype(np.float64)               # (M, n, K)

@@ -21,14 +21,15 @@ Gradient estimators, each a surrogate loss whose gradient is an unbiased estimat
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from elbox.estimate import Estimate, mean_and_stderr
 from elbox.errors import SettingsError
+from elbox.estimate import Estimate, mean_and_stderr
 from elbox.precision import full_precision
 
 ESTIMATORS = ("auto", "reparam", "stl", "score")
@@ -153,7 +154,7 @@ def evaluate_elbo(key, model, family, params, num_samples: int = 4096, keep_draw
     return (report, first["constrained"]) if keep_draws else report
 
 
-def loglik_minus_kl(key, model, family, params, num_samples: int = 4096, draws: "DrawTerms | None" = None):
+def loglik_minus_kl(key, model, family, params, num_samples: int = 4096, draws: DrawTerms | None = None):
     """Form (b) of the ELBO, E_q[log p(x | u)] - KL(q(u) || p(u)), with its parts.
 
     KL is in closed form when q and the prior on u are both Gaussian, by Monte Carlo otherwise.

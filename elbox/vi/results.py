@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from elbox.model import Model
 from elbox.estimate import Estimate
+from elbox.model import Model
 from elbox.vi.elbo import ElboReport
 
 
