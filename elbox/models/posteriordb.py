@@ -28,6 +28,7 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
+from elbox.errors import ModelError
 from elbox.model import Known, Model
 from elbox.models._registry import load_data, register
 
@@ -52,7 +53,7 @@ class _OrderedIIDNormal(dist.Distribution):
 
     def __init__(self, loc=0.0, scale=1.0, size=2, *, validate_args=None):
         if jnp.ndim(loc) or jnp.ndim(scale):
-            raise ValueError("_OrderedIIDNormal takes a scalar loc and scale")
+            raise ModelError("_OrderedIIDNormal takes a scalar loc and scale.")
         self.loc, self.scale, self.size = loc, scale, int(size)
         super().__init__(batch_shape=(), event_shape=(self.size,), validate_args=validate_args)
 
@@ -220,7 +221,7 @@ def numpyro_model(name: str) -> Callable:
     try:
         factory = _FACTORIES[name]
     except KeyError:
-        raise KeyError(f"no posteriordb model {name!r}; known: {', '.join(NAMES)}") from None
+        raise ModelError(f"No posteriordb model {name!r}; known: {', '.join(NAMES)}.") from None
     return factory()
 
 
