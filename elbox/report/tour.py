@@ -137,7 +137,6 @@ def mh_eight_schools_section(out: Path, key, echo, keep: dict) -> dict:
 # -- 3. Variational inference: the bound, the evidence and the gap --------------------------------
 def vi_section(out: Path, key, echo, mcmc) -> dict:
     from elbox.report.plots import elbo_trace_plot, marginals_plot
-    from elbox.vi.cavi_models import fit_cavi
     from elbox.vi.fit import fit
 
     echo("== 3. Variational inference: ELBO <= log p(x), and the gap KL(q || posterior) ==")
@@ -151,10 +150,7 @@ def vi_section(out: Path, key, echo, mcmc) -> dict:
     for name, methods, model_key in sections:
         model = get(name)
         for method in methods:
-            if method == "cavi":
-                result = fit_cavi(model, model_key)
-            else:
-                result = fit(model, model_key, method=method, steps=10_000, progress=False)
+            result = fit(model, model_key, method=method, steps=500 if method == "cavi" else 10_000, progress=False)
             fits[(name, method)] = result
             report = result.report
             rows.append({
