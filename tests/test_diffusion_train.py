@@ -7,6 +7,7 @@ Statistical checks use fixed keys and a z-threshold on the combined standard err
 import json
 import math
 import os
+import shutil
 
 import equinox as eqx
 import jax
@@ -47,10 +48,19 @@ def tiny():
     return mixture(256), MLPDenoiser(jax.random.key(0), 2, width=16, depth=1)
 
 
-def test_resume_reproduces_the_uninterrupted_run(tiny, tmp_path):
+@pytest.fixture(scope="module")
+def whole(tiny, tmp_path_factory):
+    """60 uninterrupted steps with key 1, checkpoints every 20 (steps 40 and 60 are kept)."""
+    data, net = tiny
+    folder = tmp_path_factory.mktemp("whole")
+    return train(jax.random.key(1), data, network=net, steps=60, checkpoint_every=20, checkpoint_dir=folder,
+                 **TINY), folder
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny, whole, tmp_path):
     data, net = tiny
     key = jax.random.key(1)
-    whole = train(key, data, network=net, steps=60, checkpoint_every=20, checkpoint_dir=tmp_path / "whole", **TINY)
+    whole, _ = whole
     assert isinstance(whole, TrainResult) and whole.steps_done == 60 and whole.loss_trace.shape == (60,)
 
     # "Interrupted" after 40 steps (two checkpoints), then resumed to the total of 60.
@@ -170,30 +180,31 @@ def test_non_finite_loss_names_the_step(tiny, tmp_path):
     assert os.listdir(tmp_path) == []  # no checkpoint of a diverged state
 
 
-def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(tiny, tmp_path):
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(tiny, whole, tmp_path):
     data, net = tiny
     key = jax.random.key(1)
-    whole = train(key, data, network=net, steps=60, **TINY)
+    whole, written = whole
     folder = tmp_path / "ckpt"
-    train(key, data, network=net, steps=40, checkpoint_every=20, checkpoint_dir=folder, **TINY)
-    newest = folder / "step_000000040.eqx"
+    shutil.copytree(written, folder)
+    newest = folder / "step_000000060.eqx"
     newest.write_bytes(newest.read_bytes()[:100])  # truncated, as by a full disk
-    with pytest.warns(RuntimeWarning, match=r"step_000000040\.eqx cannot be read.*step 20"):
+    with pytest.warns(RuntimeWarning, match=r"step_000000060\.eqx cannot be read.*step 40"):
         resumed = train(key, data, network=net, steps=60, checkpoint_every=20, checkpoint_dir=folder, resume=True,
                         **TINY)
     assert_same_leaves(resumed.ema_network, whole.ema_network)
     np.testing.assert_array_equal(resumed.loss_trace, whole.loss_trace)
     assert sorted(os.listdir(folder))[-2:] == ["step_000000060.eqx", "step_000000060.json"]
 
-    # A checkpoint whose bytes changed but still parse is caught by its recorded checksum.
+    # A checkpoint whose bytes changed but still parse is caught by the checksum recorded beside it.
     changed = folder / "step_000000060.eqx"
     content = bytearray(changed.read_bytes())
     content[-3] ^= 0xFF
     changed.write_bytes(bytes(content))
     with pytest.warns(RuntimeWarning, match="sha256"):
-        again = train(key, data, network=net, steps=60, checkpoint_every=20, checkpoint_dir=folder, resume=True,
+        again = train(key, data, network=net, steps=40, checkpoint_every=20, checkpoint_dir=folder, resume=True,
                       **TINY)
-    assert_same_leaves(again.ema_network, whole.ema_network)
+    assert again.steps_done == 40
+    np.testing.assert_array_equal(again.loss_trace, whole.loss_trace[:40])
 
     # None readable: a RunError, not a traceback from the deserialiser.
     for path in folder.glob("step_*.eqx"):
@@ -202,24 +213,22 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(tiny, tmp_path
         train(key, data, network=net, steps=80, checkpoint_every=20, checkpoint_dir=folder, resume=True, **TINY)
 
 
-def test_checkpoints_by_wall_time_leave_the_result_unchanged(tiny, tmp_path):
+def test_checkpoints_by_wall_time_leave_the_result_unchanged(tiny, whole, tmp_path):
     data, net = tiny
-    key = jax.random.key(4)
+    whole, _ = whole
     seen = []
 
     def progress(phase, done, total):  # after every chunk: which checkpoints exist now
-        seen.append(sorted(p.name for p in (tmp_path / "timed").glob("step_*.json")))
+        seen.append(sorted(p.name for p in tmp_path.glob("step_*.json")))
 
-    by_steps = train(key, data, network=net, steps=50, checkpoint_every=1000, checkpoint_dir=tmp_path / "steps",
-                     chunk_size=10, checkpoint_seconds=None, **TINY)
-    timed = train(key, data, network=net, steps=50, checkpoint_every=1000, checkpoint_dir=tmp_path / "timed",
+    timed = train(jax.random.key(1), data, network=net, steps=60, checkpoint_every=1000, checkpoint_dir=tmp_path,
                   chunk_size=10, checkpoint_seconds=1e-9, **{**TINY, "progress": progress})
     # Every chunk of 10 steps ends past the (tiny) time limit: a checkpoint after each of them.
     assert seen[1] == ["step_000000010.json"] and seen[2] == ["step_000000010.json", "step_000000020.json"]
-    assert sorted(os.listdir(tmp_path / "steps")) == ["step_000000050.eqx", "step_000000050.json"]
-    assert_same_leaves(timed.network, by_steps.network)
-    assert_same_leaves(timed.ema_network, by_steps.ema_network)
-    np.testing.assert_array_equal(timed.loss_trace, by_steps.loss_trace)
+    assert seen[-1] == ["step_000000040.json", "step_000000050.json"]
+    assert_same_leaves(timed.network, whole.network)
+    assert_same_leaves(timed.ema_network, whole.ema_network)
+    np.testing.assert_array_equal(timed.loss_trace, whole.loss_trace)
 
 
 def test_counts_and_rates_follow_the_shared_rules(tiny):
