@@ -104,9 +104,11 @@ TORCH_DEVICE_VARIABLE = "BENCH_DIFFUSION_TORCH_DEVICE"
 TORCH_THREADS_VARIABLE = "BENCH_DIFFUSION_TORCH_THREADS"
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 NOTES = {
-    "simple": "elbox and PyTorch train the same network on the same loss (L_simple); elbox's step also updates an EMA of the parameters",
+    "simple": "elbox and PyTorch train the same network on the same loss (L_simple); "
+              "elbox's step also updates an EMA of the parameters",
     "vdm": "elbox's default model: the continuous-time VDM bound with a learned noise schedule, a heavier step than "
-           "L_simple (schedule network and its derivative, reconstruction and prior terms), set against PyTorch's L_simple loop",
+           "L_simple (schedule network and its derivative, reconstruction and prior terms), "
+           "set against PyTorch's L_simple loop",
 }
 
 
@@ -396,7 +398,8 @@ def measure(library: str, schedule: str, steps: int, seed: int, timeout: float, 
                               f"{library} ({schedule}, {steps} steps)", env=env)
 
 
-def compare(schedule: str, steps: int, repeats: int, timeout: float, torch_threads: int | None = None) -> tuple[list[dict], dict]:
+def compare(schedule: str, steps: int, repeats: int, timeout: float,
+            torch_threads: int | None = None) -> tuple[list[dict], dict]:
     check = measure("check", schedule, 0, SEED, timeout)
     print(
         f"  checks: max |alpha_bar elbox - diffusers| = {check['alpha_bar_max_difference']:.3g}; "
@@ -484,7 +487,8 @@ def compare(schedule: str, steps: int, repeats: int, timeout: float, torch_threa
             "load_average": [round(load_before, 2), round(load_after, 2)],
             "device": runs[ours][0]["device"],
             # Changes if elbox's code changed between the measurements of this comparison.
-            "elbox_source": ",".join(sorted({r["elbox_source"] for name in ELBOX_LOSSES for r in runs[f"elbox_{name}"]})),
+            "elbox_source": ",".join(sorted({r["elbox_source"] for name in ELBOX_LOSSES
+                                             for r in runs[f"elbox_{name}"]})),
         })
     return lines, check
 
@@ -501,9 +505,12 @@ def default_results_path(check: dict) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"a smoke run: {QUICK_STEPS} steps, 1 repeat")
-    parser.add_argument("--steps", type=int, help=f"optimisation steps per run (default {STEPS}; {QUICK_STEPS} with --quick)")
-    parser.add_argument("--repeats", type=int, help=f"fresh-process repeats per library (default {REPEATS}; 1 with --quick)")
-    parser.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="the noise schedule on both sides (default cosine)")
+    parser.add_argument("--steps", type=int,
+                        help=f"optimisation steps per run (default {STEPS}; {QUICK_STEPS} with --quick)")
+    parser.add_argument("--repeats", type=int,
+                        help=f"fresh-process repeats per library (default {REPEATS}; 1 with --quick)")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="cosine",
+                        help="the noise schedule on both sides (default cosine)")
     parser.add_argument(
         "--save", nargs="?", const="", metavar="PATH",
         help="also write the JSON lines to PATH (default benchmarks/results/diffusion_cpu<cores>_<date>.jsonl)",

@@ -215,3 +215,141 @@ def test_cli_refuses(c: CliCase, run_cli, tmp_path, monkeypatch):
         else:
             name = name.format(**paths)
             assert name in err, f"the message does not name {name!r}: {err}"
+
+
+# -- diffusion: train_run, elbo_run, sample_run and `elbox diffusion` ----------------------------
+# A tiny recipe (T = 20, a 16-unit MLP, small batches) so that the one real run is seconds long.
+TINY_RECIPE = {"T": 20, "width": 16, "depth": 1, "batch_size": 64, "checkpoint_every": 10}
+TINY_FLAGS = ["--T", "20", "--width", "16", "--depth", "1", "--batch-size", "64", "--checkpoint-every", "10",
+              "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from elbox.diffusion.run import train_run
+
+    out = tmp_path_factory.mktemp("diffusion") / "gmm8"
+    train_run("gmm8", 20, 0, out, progress=False, recipe_overrides=TINY_RECIPE)
+    return out
+
+
+def _train(**kwargs):
+    from elbox.diffusion.run import train_run
+
+    arguments = dict(data_spec="gmm8", steps=20, seed=0, progress=False, recipe_overrides=TINY_RECIPE)
+    arguments.update(kwargs)
+    return train_run(**arguments)
+
+
+TRAIN_CASES = [
+    case("steps=0", dict(steps=0), "steps"),
+    case("steps=True", dict(steps=True), "steps"),
+    case("seed-too-large", dict(seed=2**70), "seed"),
+    case("seed=1.5", dict(seed=1.5), "seed"),
+    case("unknown-data", dict(data_spec="no_such_data"), "no_such_data"),
+    case("levels=1", dict(data_spec="{csv}", levels=1), "levels"),
+    case("unknown-model", dict(recipe_overrides={"model": "gan"}), "gan"),
+    case("unknown-recipe-setting", dict(recipe_overrides={"wdith": 16}), "wdith"),
+    case("out-is-a-file", dict(out_dir="{regular}"), "{regular}"),
+    case("resume-and-overwrite", dict(resume=True, overwrite=True), "resume", "overwrite"),
+]
+
+
+@pytest.mark.parametrize("c", TRAIN_CASES)
+def test_diffusion_train_refuses(c: Case, tmp_path):
+    paths = dict(regular=tmp_path / "regular.txt", csv=tmp_path / "data.csv", out=tmp_path / "run")
+    paths["regular"].write_text("not a folder\n")
+    np.savetxt(paths["csv"], np.random.default_rng(0).integers(0, 4, size=(50, 2)), fmt="%d", delimiter=",")
+    kwargs = {k: v.format(**paths) if isinstance(v, str) else v for k, v in c.kwargs.items()}
+    kwargs.setdefault("out_dir", paths["out"])
+    with pytest.raises(elbox.ElboxError) as raised:
+        _train(**kwargs)
+    _check_message(str(raised.value), c._replace(names=tuple(n.format(**paths) if isinstance(n, str) else n
+                                                             for n in c.names)))
+
+
+def test_diffusion_train_refuses_a_finished_run(trained_run):
+    with pytest.raises(elbox.RunError) as raised:
+        _train(out_dir=trained_run)
+    assert "overwrite" in str(raised.value)
+
+
+EVAL_CASES = [
+    case("max_examples=0", dict(max_examples=0), "max_examples"),
+    case("max_examples=True", dict(max_examples=True), "max_examples"),
+    case("seed-too-large", dict(seed=2**70), "seed"),
+    case("data-of-another-width", dict(data_path="{wide}"), "{wide}", re.compile(r"\b3\b")),
+    case("data-missing", dict(data_path="{missing}"), "{missing}"),
+    case("no-run-in-folder", dict(out_dir="{empty}"), "{empty}"),
+]
+
+
+@pytest.mark.parametrize("c", EVAL_CASES)
+def test_diffusion_elbo_refuses(c: Case, trained_run, tmp_path):
+    from elbox.diffusion.run import elbo_run
+
+    paths = dict(wide=tmp_path / "wide.csv", missing=tmp_path / "missing.csv", empty=tmp_path / "empty")
+    np.savetxt(paths["wide"], np.random.default_rng(0).normal(size=(20, 3)), delimiter=",")
+    paths["empty"].mkdir()
+    kwargs = {k: v.format(**paths) if isinstance(v, str) else v for k, v in c.kwargs.items()}
+    out_dir = kwargs.pop("out_dir", trained_run)
+    with pytest.raises(elbox.ElboxError) as raised:
+        elbo_run(out_dir, **kwargs)
+    _check_message(str(raised.value), c._replace(names=tuple(n.format(**paths) if isinstance(n, str) else n
+                                                             for n in c.names)))
+
+
+@pytest.mark.parametrize("c", [
+    case("n=0", dict(n=0), "n "),
+    case("n=True", dict(n=True), "n "),
+    case("seed-too-large", dict(n=4, seed=2**70), "seed"),
+])
+def test_diffusion_sample_refuses(c: Case, trained_run):
+    from elbox.diffusion.run import sample_run
+
+    with pytest.raises(elbox.ElboxError) as raised:
+        sample_run(trained_run, **c.kwargs)
+    _check_message(str(raised.value), c)
+
+
+DIFFUSION_CLI_CASES = [
+    cli("train-out-is-file", ["diffusion", "train", "--data", "gmm8", "--steps", "20", "--out", "{regular}",
+                              *TINY_FLAGS], "{regular}"),
+    cli("train-seed-too-large", ["diffusion", "train", "--data", "gmm8", "--seed", "99999999999999999999999",
+                                 "--out", "{dir}/run", *TINY_FLAGS], "seed", argparse=True),
+    cli("train-unknown-data", ["diffusion", "train", "--data", "no_such_data", "--out", "{dir}/run", *TINY_FLAGS],
+        "no_such_data"),
+    cli("train-over-a-finished-run", ["diffusion", "train", "--data", "gmm8", "--steps", "20", "--out", "{run}",
+                                      *TINY_FLAGS], "--overwrite"),
+    cli("elbo-no-run", ["diffusion", "elbo", "{dir}"], "{dir}"),
+    cli("elbo-json-is-folder", ["diffusion", "elbo", "{run}", "--json", "{dir}"], "--json", "{dir}"),
+    cli("elbo-plot-is-folder", ["diffusion", "elbo", "{run}", "--plot", "{dir}"], "--plot", "{dir}"),
+    cli("elbo-max-examples-0", ["diffusion", "elbo", "{run}", "--max-examples", "0"], "--max-examples",
+        argparse=True),
+    cli("sample-out-is-folder", ["diffusion", "sample", "{run}", "--out", "{dir}"], "--out", "{dir}"),
+    cli("sample-n-0", ["diffusion", "sample", "{run}", "--n", "0", "--out", "{dir}/s.png"], "--n", argparse=True),
+]
+
+
+@pytest.mark.parametrize("c", DIFFUSION_CLI_CASES)
+def test_diffusion_cli_refuses(c: CliCase, run_cli, trained_run, tmp_path):
+    paths = dict(dir=tmp_path / "folder", regular=tmp_path / "regular.txt", run=trained_run)
+    paths["dir"].mkdir()
+    paths["regular"].write_text("not a folder\n")
+    before = {p.name: p.stat().st_mtime_ns for p in trained_run.iterdir()}
+
+    status, out, err = run_cli(*(a.format(**paths) for a in c.argv))
+
+    assert status == 2, f"exit status {status}; stderr: {err}"
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    if c.argparse and lines[0].startswith("usage:"):
+        assert re.match(r"elbox( \w+)*: error:", lines[-1]), err
+    else:
+        assert len(lines) == 1, f"{len(lines)} lines on stderr:\n{err}"
+        assert lines[0].startswith("elbox: error:"), err
+    for name in c.names:
+        name = name.format(**paths) if isinstance(name, str) else name
+        assert (name.search(err) if isinstance(name, re.Pattern) else name in err), f"{name!r} not in: {err}"
+    # Refusing touches nothing in the finished run.
+    assert {p.name: p.stat().st_mtime_ns for p in trained_run.iterdir()} == before

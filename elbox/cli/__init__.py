@@ -9,8 +9,8 @@ The commands are in :mod:`elbox.cli.inference` (sample, fit, models, tour) and
     elbox models [--json]
     elbox tour [--out DIR]
     elbox diffusion train --data NAME|PATH [--levels K] [--model vdm|ddpm] --steps N --seed S --out DIR
-                          [--resume] [--no-progress]
-    elbox diffusion elbo DIR [--data PATH] [--json PATH]
+                          [--resume | --overwrite] [--no-progress]
+    elbox diffusion elbo DIR [--data PATH] [--json PATH] [--plot PNG]
     elbox diffusion sample DIR --n 64 --out PNG [--seed S]
 
 MODEL is a built-in name (``elbox models`` lists them) or ``path/to/file.py:NAME`` where NAME is

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from elbox import checks
-from elbox.cli.common import _count, write_json
+from elbox.cli.common import _count, _seed, write_json
 from elbox.errors import ElboxError, RunError
 
 
@@ -27,7 +27,7 @@ def add_parser(commands):
                             "ddpm: T = 1000 discrete steps, L_hybrid with a learned variance range")
     train.add_argument("--steps", type=_count(1), default=None,
                        help="optimisation steps (default: the data set's recipe)")
-    train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    train.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     train.add_argument("--out", required=True, metavar="DIR", type=Path, help="folder for the run")
     again = train.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue the run in DIR from its latest checkpoint")
@@ -49,7 +49,7 @@ def add_parser(commands):
                       help="evaluate this .npy/.csv file (same columns as the training data) instead of the test set")
     elbo.add_argument("--json", metavar="PATH", type=Path, help="write the results as JSON to PATH")
     elbo.add_argument("--plot", metavar="PNG", type=Path, help="plot the per-step terms of the bound to PNG")
-    elbo.add_argument("--seed", type=int, default=0, help="random seed of the x_t draws (default: 0)")
+    elbo.add_argument("--seed", type=_seed, default=0, help="random seed of the x_t draws (default: 0)")
     elbo.add_argument("--max-examples", type=_count(1), default=None,
                       help="evaluate at most this many examples (default: all for the continuous-time bound, "
                            "1000 for a discrete-time bound, each of whose examples costs T network evaluations)")
@@ -59,7 +59,7 @@ def add_parser(commands):
     draw.add_argument("run_dir", metavar="DIR", type=Path, help="a folder written by `elbox diffusion train`")
     draw.add_argument("--n", type=_count(1), default=64, help="number of samples (default: 64)")
     draw.add_argument("--out", required=True, metavar="PNG", type=Path, help="the plot to write")
-    draw.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    draw.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     draw.set_defaults(handler=run_diffusion_sample)
 
 

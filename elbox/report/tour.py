@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax
 import numpy as np
@@ -176,7 +176,8 @@ def vi_section(out: Path, key, echo, mcmc) -> dict:
     (out / "vi_gap.md").write_text(table + "\n")
     elbo_trace_plot(fits[("linear_regression", "fullrank")], out / "vi_elbo_trace.png")
 
-    schools = [fit("eight_schools", key_schools, method=m, steps=10_000, progress=False) for m in ("meanfield", "fullrank")]
+    schools = [fit("eight_schools", key_schools, method=m, steps=10_000, progress=False)
+               for m in ("meanfield", "fullrank")]
     marginals_plot(schools, mcmc, out / "vi_marginals_eight_schools.png")
     echo("eight schools: ELBO " + ", ".join(f"{f.method} {f.elbo.value:.3f} ± {f.elbo.stderr:.3f}" for f in schools)
          + "; log p(x) unknown. q's marginals over the MH histogram: vi_marginals_eight_schools.png\n")
