@@ -30,6 +30,17 @@ def mean_and_stderr(values) -> Estimate:
     return Estimate(float(values.mean()), float(values.std(ddof=1) / np.sqrt(values.size)))
 
 
+def json_ready(value):
+    """``value`` with every non-finite float (at any depth of dicts, lists and tuples) as ``None``."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, float):
+        return finite_or_none(value)
+    return value
+
+
 def finite_or_none(value) -> float | None:
     """``float(value)`` when finite, else ``None`` (JSON has no NaN or infinity)."""
     if value is None:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from elbox.errors import ModelError
-from elbox.estimate import finite_or_none
+from elbox.estimate import json_ready
 
 
 def _count(minimum: int):
@@ -129,14 +129,4 @@ def _defined_names(path: Path) -> list[str]:
 def write_json(path: Path, payload: dict):
     """Write ``payload`` as JSON; NaN and infinity become ``null`` (JSON has neither)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(payload), indent=1, allow_nan=False) + "\n")
-
-
-def _finite(value):
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, float):
-        return finite_or_none(value)
-    return value
+    path.write_text(json.dumps(json_ready(payload), indent=1, allow_nan=False) + "\n")

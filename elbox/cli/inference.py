@@ -96,27 +96,23 @@ def run_fit(args) -> int:
     from elbox.vi.fit import fit
 
     model = load_model(args.model)
-    if args.method == "cavi":
-        given = [flag for flag, value in (("--learning-rate", args.learning_rate), ("--samples", args.samples),
-                                          ("--estimator", args.estimator), ("--no-stop", args.no_stop or None))
-                 if value is not None]
-        if given:
-            raise SettingsError(f"{', '.join(given)} {'has' if len(given) == 1 else 'have'} no meaning for "
-                                "--method cavi (closed-form coordinate updates); drop "
-                                f"{'it' if len(given) == 1 else 'them'} or choose meanfield, fullrank or flow.")
-        results = fit(model, jax.random.key(args.seed), method="cavi", steps=args.steps, progress=not args.no_progress)
-    else:
-        results = fit(
-            model,
-            jax.random.key(args.seed),
-            method=args.method,
-            steps=args.steps,
-            learning_rate=args.learning_rate,
-            num_samples=args.samples,
-            estimator=args.estimator,
-            stop_when_flat=not args.no_stop,
-            progress=not args.no_progress,
-        )
+    # flag: (fit's argument, the value given or None); CAVI takes none of them.
+    gradient_flags = {
+        "--learning-rate": ("learning_rate", args.learning_rate),
+        "--samples": ("num_samples", args.samples),
+        "--estimator": ("estimator", args.estimator),
+        "--no-stop": ("stop_when_flat", args.no_stop or None),
+    }
+    given = [flag for flag, (_, value) in gradient_flags.items() if value is not None]
+    if args.method == "cavi" and given:
+        raise SettingsError(f"{', '.join(given)} {'has' if len(given) == 1 else 'have'} no meaning for "
+                            "--method cavi (closed-form coordinate updates); drop "
+                            f"{'it' if len(given) == 1 else 'them'} or choose meanfield, fullrank or flow.")
+    options = {name: value for name, value in gradient_flags.values() if value is not None}
+    if "stop_when_flat" in options:
+        options["stop_when_flat"] = False
+    results = fit(model, jax.random.key(args.seed), method=args.method, steps=args.steps,
+                  progress=not args.no_progress, **options)
     print(fit_text(results, model_label=args.model))
     if args.json:
         write_json(args.json, fit_json(results, model_label=args.model, seed=args.seed))

@@ -43,7 +43,7 @@ from elbox.diffusion.elbo import bound_estimate
 from elbox.diffusion.networks import as_eps_fn
 from elbox.diffusion.run_folder import Run, dataset_of, load_run
 from elbox.errors import DataError
-from elbox.estimate import finite_or_none, mean_and_stderr
+from elbox.estimate import json_ready, mean_and_stderr
 
 DISCRETE_EVAL_MAX_EXAMPLES = 1000  # each costs T network evaluations
 CONTINUOUS_T_SAMPLES = 128
@@ -58,7 +58,7 @@ class BoundTerms:
     prior: float
 
     def as_dict(self) -> dict:
-        return _json_ready(dataclasses.asdict(self))
+        return json_ready(dataclasses.asdict(self))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +74,7 @@ class DiscreteTimeBound:
     estimator: str
 
     def as_dict(self) -> dict:
-        return _json_ready({**dataclasses.asdict(self), "terms": self.terms.as_dict()})
+        return json_ready({**dataclasses.asdict(self), "terms": self.terms.as_dict()})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,17 +139,7 @@ class BoundReport:
         if self.schedule is not None:
             out["schedule"] = {"gamma_0": self.schedule.gamma_0, "gamma_1": self.schedule.gamma_1,
                                "t": self.schedule.t.tolist(), "gamma": self.schedule.gamma.tolist()}
-        return _json_ready(out)
-
-
-def _json_ready(value):
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, float):
-        return finite_or_none(value)
-    return value
+        return json_ready(out)
 
 
 # -- each model's bounds ------------------------------------------------------------------------------
