@@ -69,6 +69,11 @@ class ProgressBar:
         if self.callback is not None:
             self.callback(self.current_phase, self.done, self.total)
 
+    def resume_at(self, done: int):
+        """Start counting at ``done`` steps (a resumed run): the bar shows them, a log line does not."""
+        self.update(done)
+        self._phase_start = (self.done, time.perf_counter())
+
     def _log_phase(self):
         """One line for the phase that just ended (logs only)."""
         start, tic = self._phase_start

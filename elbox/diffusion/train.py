@@ -278,7 +278,7 @@ def train(
     with ProgressBar(progress, total=steps, description="diffusion") as bar:
         bar.phase(f"training ({loss})")
         if start:
-            bar.update(start)
+            bar.resume_at(start)
         position = start
         while position < steps:
             # A segment ends at the next multiple of checkpoint_every (or at steps), or earlier, at
