@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from elbox import arviz_compat
 from elbox.cli.common import _count, _positive_float, _probability, _seed, check_outputs, load_model, write_json
 from elbox.errors import SettingsError
 
@@ -122,7 +123,7 @@ def run_fit(args) -> int:
 
         args.out.mkdir(parents=True, exist_ok=True)
         draws_path = args.out / "q_draws.nc"
-        results.inference_data.to_netcdf(str(draws_path))
+        arviz_compat.to_netcdf(results.inference_data, draws_path)
         written = [draws_path, elbo_trace_plot(results, args.out / "elbo_trace.png")]
         print("saved: " + ", ".join(str(p) for p in written))
     return 0

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from elbox import arviz_compat
 from elbox.estimate import Estimate
 from elbox.model import Model
 from elbox.vi.elbo import ElboReport
@@ -48,10 +49,9 @@ class FitResults:
 
     @functools.cached_property
     def inference_data(self):
-        """Draws from q as ArviZ ``InferenceData``: one chain, the same container as MCMC draws."""
-        import arviz as az
-
-        return az.from_dict(posterior={k: np.asarray(v)[None] for k, v in self.constrained_draws.items()})
+        """Draws from q in ArviZ's container (``InferenceData`` on ArviZ 0.23, ``DataTree`` on 1.x):
+        one chain, the same container as MCMC draws."""
+        return arviz_compat.from_dict({k: np.asarray(v)[None] for k, v in self.constrained_draws.items()})
 
     @property
     def elbo(self) -> Estimate:
@@ -77,7 +77,8 @@ class FitResults:
 
     @property
     def posterior(self):
-        return self.inference_data.posterior
+        """The posterior group (an xarray Dataset) of q's draws."""
+        return arviz_compat.group(self.inference_data, "posterior")
 
     def parameter_table(self) -> dict[str, dict[str, float]]:
         """``{label: {mean, sd}}`` of q's draws, labels as ArviZ writes them (``theta[0]``)."""
@@ -86,8 +87,4 @@ class FitResults:
 
     def summary(self):
         """Mean, sd and 5%/95% quantiles of each constrained parameter under q."""
-        import arviz as az
-
-        quantiles = {"5%": lambda x: np.quantile(x, 0.05), "95%": lambda x: np.quantile(x, 0.95)}
-        table = az.summary(self.inference_data, kind="stats", stat_funcs=quantiles, extend=True, round_to="none")
-        return table[["mean", "sd", "5%", "95%"]]
+        return arviz_compat.summary_table(self.inference_data, diagnostics_too=False)
