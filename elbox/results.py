@@ -37,7 +37,8 @@ class SamplingResults:
         warmup: warm-up steps per chain.
         seconds: ``{"compile", "warmup", "sampling", "total"}`` wall-clock seconds; compile is
             XLA compilation of the warm-up and sampling loops, total includes everything.
-        proposal_scale: the adapted random-walk scales, shape ``(chains, dimension)``.
+        tuning: what the warm-up adapted, by name, one row per chain (the random walk's
+            ``proposal_scale``, shape ``(chains, dimension)``; empty when nothing adapted).
         warmup_acceptance_rate: mean acceptance probability over warm-up.
     """
 
@@ -46,7 +47,7 @@ class SamplingResults:
     method: str
     warmup: int
     seconds: dict[str, float]
-    proposal_scale: np.ndarray | None = None
+    tuning: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     warmup_acceptance_rate: float | None = None
 
     @classmethod
@@ -65,6 +66,12 @@ class SamplingResults:
     def sample_stats(self):
         """The sample_stats group (an xarray Dataset): ``lp``, ``acceptance_rate``, ..."""
         return arviz_compat.group(self.inference_data, "sample_stats")
+
+    @property
+    def proposal_scale(self) -> np.ndarray | None:
+        """The adapted random-walk scales of Metropolis–Hastings, ``(chains, dimension)``; None
+        for a user proposal (not adapted) or another sampler."""
+        return self.tuning.get("proposal_scale")
 
     @property
     def chains(self) -> int:

@@ -8,12 +8,13 @@ from pathlib import Path
 from elbox import arviz_compat
 from elbox.cli.common import _count, _positive_float, _probability, _seed, check_outputs, load_model, write_json
 from elbox.errors import SettingsError
+from elbox.mcmc.registry import SAMPLERS
 
 
 def add_parsers(commands):
     sample = commands.add_parser("sample", help="draw from a posterior with MCMC and summarise the draws")
     sample.add_argument("model", metavar="MODEL", help="built-in model name or path/to/file.py:NAME")
-    sample.add_argument("--method", default="mh", choices=["mh"], help="sampler (default: mh)")
+    sample.add_argument("--method", default="mh", choices=list(SAMPLERS), help="sampler (default: mh)")
     sample.add_argument("--chains", type=_count(1), default=4, help="number of chains (default: 4)")
     sample.add_argument("--warmup", type=_count(0), default=1000, help="warm-up steps per chain (default: 1000)")
     sample.add_argument("--draws", type=_count(1), default=1000, help="kept draws per chain (default: 1000)")

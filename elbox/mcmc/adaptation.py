@@ -9,8 +9,8 @@ scales d (the posterior standard deviations, estimated during warm-up).
   Roberts & Rosenthal 2001).
 * d is re-estimated at the end of each "slow" window from the window's draws (Welford's
   running variance, shrunk toward 1e-3 as Stan does), in windows that double in length
-  (Stan's warm-up schedule: a fast initial buffer, slow windows of 25, 50, 100, ... steps,
-  and a fast terminal buffer in which only s adapts).
+  (Stan's warm-up schedule, :mod:`elbox.mcmc.warmup`: a fast initial buffer, slow windows of
+  25, 50, 100, ... steps, and a fast terminal buffer in which only s adapts).
 
 After warm-up the kernel is fixed: s is the average of log s over the terminal buffer.
 """
@@ -22,6 +22,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from elbox.mcmc.warmup import WarmupSchedule, warmup_schedule  # noqa: F401  (re-exported)
 
 SCALE_LEARNING_EXPONENT = 0.6
 
@@ -48,18 +50,6 @@ class AdaptationState(NamedTuple):
     welford_count: jax.Array
 
 
-class WarmupSchedule(NamedTuple):
-    """Per-step flags, arrays of length ``warmup``.
-
-    Attributes:
-        in_slow_window: draws at these steps enter the variance estimate.
-        window_end: at these steps d is updated from the window and the recursion restarts.
-    """
-
-    in_slow_window: np.ndarray
-    window_end: np.ndarray
-
-
 def default_target_acceptance(dimension: int) -> float:
     """0.44 for one dimension, 0.234 otherwise (the optimal random-walk acceptance rates)."""
     return 0.44 if dimension == 1 else 0.234
@@ -68,32 +58,6 @@ def default_target_acceptance(dimension: int) -> float:
 def initial_scale(dimension: int) -> float:
     """2.38 / sqrt(d), optimal for a standard Gaussian target in d dimensions."""
     return 2.38 / np.sqrt(dimension)
-
-
-def warmup_schedule(
-    warmup: int, initial_buffer: int = 75, terminal_buffer: int = 50, first_window: int = 25
-) -> WarmupSchedule:
-    """Stan's windowed schedule; short warm-ups scale the buffers to 15% and 10%."""
-    in_slow = np.zeros(warmup, dtype=bool)
-    window_end = np.zeros(warmup, dtype=bool)
-    if warmup < 20:  # too short to estimate variances: adapt the scale only
-        return WarmupSchedule(in_slow, window_end)
-    if initial_buffer + first_window + terminal_buffer > warmup:
-        initial_buffer = int(0.15 * warmup)
-        terminal_buffer = int(0.1 * warmup)
-        first_window = warmup - initial_buffer - terminal_buffer
-    slow_end = warmup - terminal_buffer
-    start, size = initial_buffer, first_window
-    while start < slow_end:
-        end = start + size
-        # A window that would leave less than twice its size before the terminal buffer
-        # takes the rest instead.
-        if end + 2 * size > slow_end:
-            end = slow_end
-        in_slow[start:end] = True
-        window_end[end - 1] = True
-        start, size = end, 2 * size
-    return WarmupSchedule(in_slow, window_end)
 
 
 def init(dimension: int, dtype, scale: float | None = None) -> AdaptationState:

@@ -19,6 +19,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from elbox.errors import SettingsError
+from elbox.mcmc import adaptation
+from elbox.mcmc.base import Sampler, Tuner, fixed_parameters
 
 
 class MHState(NamedTuple):
@@ -145,3 +150,50 @@ def build_kernel(log_density_fn: Callable, hastings_correction: bool = True):
         return new_state, MHInfo(acceptance_rate, is_accepted)
 
     return kernel
+
+
+def sampler(dimension: int, dtype, *, proposal: Proposal | None = None, scale: float | None = None,
+            target_acceptance: float | None = None) -> Sampler:
+    """Metropolis–Hastings for the driver (:mod:`elbox.mcmc.base`).
+
+    Without ``proposal``: the Gaussian random walk whose per-coordinate scales (its ``params``)
+    adapt during warm-up (:mod:`elbox.mcmc.adaptation`), from ``scale`` (default 2.38 / sqrt(d))
+    toward ``target_acceptance`` (default 0.234, 0.44 in one dimension). With ``proposal``: that
+    proposal as it is, with the Hastings correction and no adaptation (``scale`` and
+    ``target_acceptance`` then have no meaning and are refused).
+    """
+    if proposal is not None:
+        ignored = [name for name, value in (("scale", scale), ("target_acceptance", target_acceptance))
+                   if value is not None]
+        if ignored:
+            raise SettingsError(
+                f"{' and '.join(ignored)} tune{'s' if len(ignored) == 1 else ''} the adaptive random walk, but a "
+                "proposal was given, which runs as it is without adaptation; drop "
+                f"{' and '.join(ignored)} or the proposal."
+            )
+
+        def build_fixed(log_density_fn):
+            kernel = build_kernel(log_density_fn)
+            return lambda key, state, params: kernel(key, state, proposal)
+
+        return Sampler("mh", init, build_fixed, fixed_parameters(()), _stats)
+
+    target = target_acceptance if target_acceptance is not None else adaptation.default_target_acceptance(dimension)
+
+    def build_random_walk(log_density_fn):
+        kernel = build_kernel(log_density_fn)
+        return lambda key, state, scales: kernel(key, state, random_walk(scales))
+
+    tuner = Tuner(
+        init=lambda: adaptation.init(dimension, dtype, scale),
+        params=adaptation.proposal_scale,
+        update=lambda tuner_state, info, state, window: adaptation.update(
+            tuner_state, info.acceptance_rate, state.position, window["in_slow_window"], window["window_end"], target),
+        final=adaptation.final_proposal_scale,
+        report=lambda scales: {"proposal_scale": np.asarray(scales)},
+    )
+    return Sampler("mh", init, build_random_walk, tuner, _stats)
+
+
+def _stats(info: MHInfo, state: MHState) -> dict:
+    return {"lp": state.log_density, "acceptance_rate": info.acceptance_rate}

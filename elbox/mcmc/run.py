@@ -7,6 +7,7 @@ compiled ``lax.scan`` chunks (:mod:`elbox.loop`).
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,13 +20,15 @@ from elbox import checks
 from elbox.errors import SettingsError
 from elbox.initialization import initial_positions
 from elbox.loop import ChunkedLoop, choose_chunk_size
-from elbox.mcmc import adaptation, metropolis
+from elbox.mcmc import metropolis
+from elbox.mcmc.registry import SAMPLERS
+from elbox.mcmc.warmup import warmup_schedule
 from elbox.models import resolve
 from elbox.precision import full_precision
 from elbox.progress import ProgressBar
 from elbox.results import SamplingResults
 
-METHODS = ("mh",)
+METHODS = tuple(SAMPLERS)
 
 
 @full_precision
@@ -84,77 +87,79 @@ def sample(
         scale = checks.positive("scale", scale)
     if target_acceptance is not None:
         target_acceptance = checks.probability("target_acceptance", target_acceptance)
-    if proposal is not None:
-        ignored = [name for name, value in (("scale", scale), ("target_acceptance", target_acceptance))
-                   if value is not None]
-        if ignored:
-            raise SettingsError(
-                f"{' and '.join(ignored)} tune{'s' if len(ignored) == 1 else ''} the adaptive random walk, but a "
-                "proposal was given, which runs as it is without adaptation; drop "
-                f"{' and '.join(ignored)} or the proposal."
-            )
+    given = {"proposal": proposal, "scale": scale, "target_acceptance": target_acceptance}
+    options = {name: value for name, value in given.items() if value is not None}
+    accepted = inspect.signature(SAMPLERS[method]).parameters
+    refused = [name for name in options if name not in accepted]
+    if refused:
+        raise SettingsError(f"{', '.join(refused)} {'is' if len(refused) == 1 else 'are'} not a setting of the "
+                            f"{method} sampler; drop {'it' if len(refused) == 1 else 'them'}.")
+    sampler = SAMPLERS[method](model.dimension, model.ravel(model.init_position).dtype, **options)
 
     key_init, key_warmup, key_sampling = jax.random.split(key, 3)
-    positions, log_densities = initial_positions(model, key_init, chains, init)
-    dimension = model.dimension
-    target = target_acceptance if target_acceptance is not None else adaptation.default_target_acceptance(dimension)
-    kernel = metropolis.build_kernel(model.flat_log_joint)
-    states = metropolis.MHState(positions, log_densities)
+    positions, _ = initial_positions(model, key_init, chains, init)
+    kernel = sampler.build_kernel(model.flat_log_joint)
+    tuner = sampler.tuner
+    states = jax.jit(jax.vmap(lambda position: sampler.init(position, model.flat_log_joint)))(positions)
+    tuner_states = jax.jit(jax.vmap(lambda _: tuner.init()))(jnp.arange(chains))
 
-    schedule = adaptation.warmup_schedule(warmup)
+    schedule = warmup_schedule(warmup)
     # One trailing entry so that the schedule can be indexed even when warmup == 0.
     in_slow = jnp.asarray(np.append(schedule.in_slow_window, False))
     window_end = jnp.asarray(np.append(schedule.window_end, False))
-    adapt_states = jax.jit(jax.vmap(lambda _: adaptation.init(dimension, positions.dtype, scale)))(jnp.arange(chains))
 
     def step(carry, step_key, t, phase):
-        """One step of every chain; during warm-up (``phase["warmup"]``) the proposal adapts."""
-        states, adapt_states, warmup_acceptance = carry
+        """One step of every chain; during warm-up (``phase["warmup"]``) the parameters adapt."""
+        states, tuner_states, warmup_acceptance = carry
         keys = jax.random.split(step_key, chains)
 
-        def one_chain(key, state, adapt_state, fixed_scale):
-            if proposal is None:
-                chain_scale = jnp.where(phase["warmup"], adaptation.proposal_scale(adapt_state), fixed_scale)
-                return kernel(key, state, metropolis.random_walk(chain_scale))
-            return kernel(key, state, proposal)
+        def one_chain(key, state, tuner_state, fixed_params):
+            params = jax.tree_util.tree_map(
+                lambda adapting, fixed: jnp.where(phase["warmup"], adapting, fixed), tuner.params(tuner_state),
+                fixed_params)
+            return kernel(key, state, params)
 
-        states, info = jax.vmap(one_chain)(keys, states, adapt_states, phase["scale"])
+        states, info = jax.vmap(one_chain)(keys, states, tuner_states, phase["params"])
 
-        def adapt(adapt_states):
-            update = lambda a, rate, x: adaptation.update(a, rate, x, in_slow[t], window_end[t], target)
-            return jax.vmap(update)(adapt_states, info.acceptance_rate, states.position)
+        def adapt(tuner_states):
+            window = {"in_slow_window": in_slow[t], "window_end": window_end[t]}
+            return jax.vmap(lambda ts, i, s: tuner.update(ts, i, s, window))(tuner_states, info, states)
 
         # A real branch, not a select: after warm-up the adaptation is not computed at all.
-        adapt_states = jax.lax.cond(phase["warmup"], adapt, lambda a: a, adapt_states)
-        warmup_acceptance = warmup_acceptance + jnp.where(phase["warmup"], info.acceptance_rate, 0.0)
-        return (states, adapt_states, warmup_acceptance), (states.position, states.log_density, info.acceptance_rate)
+        tuner_states = jax.lax.cond(phase["warmup"], adapt, lambda a: a, tuner_states)
+        stats = sampler.stats(info, states)
+        warmup_acceptance = warmup_acceptance + jnp.where(phase["warmup"], stats["acceptance_rate"], 0.0)
+        return (states, tuner_states, warmup_acceptance), (states.position, stats)
 
     bar = ProgressBar(progress, total=warmup + draws, description=f"{method} {model.name}")
     if chunk_size is None:
         chunk_size = choose_chunk_size([warmup, draws], min_chunks=20 if bar.enabled else 1)
     loop = ChunkedLoop(step, chunk_size)
-    carry = (states, adapt_states, jnp.zeros(chains, positions.dtype))
+    carry = (states, tuner_states, jnp.zeros(chains, positions.dtype))
+    # axis_size: a tuner that adapts nothing has an empty state, which vmap cannot size by itself.
+    final_params_of = jax.jit(jax.vmap(tuner.final, axis_size=chains))
     with bar:
         bar.phase("warmup")
-        unit_scales = jnp.ones((chains, dimension), positions.dtype)
-        warm = loop.run(carry, key_warmup, warmup, {"warmup": jnp.bool_(True), "scale": unit_scales},
+        # During warm-up the fixed parameters are a placeholder of the right shape (unused).
+        placeholder = jax.jit(jax.vmap(tuner.params, axis_size=chains))(tuner_states)
+        warm = loop.run(carry, key_warmup, warmup, {"warmup": jnp.bool_(True), "params": placeholder},
                         on_chunk=bar.update, keep_outputs=False)
-        states, adapt_states, warmup_acceptance = warm.carry
-        final_scales = jax.jit(jax.vmap(adaptation.final_proposal_scale))(adapt_states)
+        states, tuner_states, warmup_acceptance = warm.carry
+        final_params = final_params_of(tuner_states)
         bar.phase("sampling")
-        run = loop.run(warm.carry, key_sampling, draws, {"warmup": jnp.bool_(False), "scale": final_scales},
+        run = loop.run(warm.carry, key_sampling, draws, {"warmup": jnp.bool_(False), "params": final_params},
                        on_chunk=bar.update)
 
-    flat_draws, log_joint, acceptance = (np.swapaxes(x, 0, 1) for x in run.outputs)  # (chains, draws, ...)
+    flat_draws, stats = jax.tree_util.tree_map(lambda x: np.swapaxes(x, 0, 1), run.outputs)  # (chains, draws, ...)
     seconds = {"compile": loop.compile_seconds, "warmup": warm.seconds, "sampling": run.seconds}
     seconds["total"] = time.perf_counter() - tic_total
     return SamplingResults.from_flat_draws(
         model=model,
         method=method,
         flat_draws=flat_draws,
-        sample_stats={"lp": log_joint, "acceptance_rate": acceptance},
+        sample_stats=stats,
         warmup=warmup,
         seconds=seconds,
-        proposal_scale=np.asarray(final_scales) if proposal is None else None,
+        tuning=tuner.report(final_params),
         warmup_acceptance_rate=float(np.mean(warmup_acceptance) / warmup) if warmup else None,
     )
