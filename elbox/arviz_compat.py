@@ -94,6 +94,7 @@ def summary_table(container, diagnostics_too: bool = True):
     for name, variable in posterior.data_vars.items():
         values = np.asarray(variable.values, np.float64)
         flat = values.reshape(values.shape[0] * values.shape[1], -1)
+        per_variable = {key: np.asarray(computed[key][name].values) for key in DIAGNOSTIC_COLUMNS} if computed else None
         for index in np.ndindex(*values.shape[2:]):
             label = name if not index else f"{name}[{', '.join(str(i) for i in index)}]"
             labels.append(label)
@@ -104,9 +105,7 @@ def summary_table(container, diagnostics_too: bool = True):
             columns["95%"][label] = float(np.quantile(column, 0.95))
             if diagnostics_too:
                 for key in DIAGNOSTIC_COLUMNS:
-                    columns[key][label] = (
-                        float(np.asarray(computed[key][name].values)[index]) if computed is not None else math.nan
-                    )
+                    columns[key][label] = float(per_variable[key][index]) if per_variable else math.nan
     return pd.DataFrame({key: [columns[key][label] for label in labels] for key in columns}, index=labels)
 
 

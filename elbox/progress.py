@@ -41,6 +41,7 @@ class ProgressBar:
         self.bar = None
         self.log_lines = progress is True and not _interactive()
         self._phase_start = (0, time.perf_counter())
+        self._postfix: dict = {}
         if progress is True and not self.log_lines:
             from tqdm.auto import tqdm
 
@@ -80,7 +81,7 @@ class ProgressBar:
         steps = self.done - start
         if not self.log_lines or not self.current_phase or steps == 0:
             return
-        extra = "".join(f", {k} {v}" for k, v in getattr(self, "_postfix", {}).items())
+        extra = "".join(f", {k} {v}" for k, v in self._postfix.items())
         print(f"{self.description}: {self.current_phase} {steps} steps in {time.perf_counter() - tic:.1f} s"
               f" ({self.done}/{self.total}{extra})", file=sys.stderr, flush=True)
 

@@ -30,8 +30,8 @@ def toy_sampler(dimension, dtype, *, spread: float = 1.0):
     """Independent draws from N(0, spread^2) whatever the target (a broken sampler on purpose),
     with a 'tuner' that counts warm-up steps into its parameter."""
 
-    def init(position, log_density_fn):
-        return ToyState(position, log_density_fn(position))
+    def init(position, log_density, log_density_fn):
+        return ToyState(position, log_density)
 
     def build_kernel(log_density_fn):
         def kernel(key, state, sd):

@@ -7,55 +7,42 @@ import importlib.util
 import json
 from pathlib import Path
 
+from elbox import checks
 from elbox.errors import ModelError
 from elbox.estimate import json_ready
 
 
-def _count(minimum: int):
-    def parse(text: str) -> int:
+def _checked(convert, check):
+    """An argparse type: ``convert`` the text, then apply one of :mod:`elbox.checks`' rules, so the
+    command line and the library refuse the same values with the same words."""
+    from elbox.errors import SettingsError
+
+    kind = "whole number" if convert is int else "number"
+
+    def parse(text: str):
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
+            raise argparse.ArgumentTypeError(f"expected a {kind}, got {text!r}") from None
+        try:
+            return check(value)
+        except SettingsError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
 
     return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
-    return value
+def _count(minimum: int):
+    return _checked(int, lambda value: checks.count("the value", value, minimum))
 
 
-def _probability(text: str) -> float:
-    value = _positive_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
-    return value
-
-
-def _seed(text: str) -> int:
-    from elbox import checks
-    from elbox.errors import SettingsError
-
-    try:
-        return checks.seed(int(text))
-    except ValueError as err:
-        message = str(err) if isinstance(err, SettingsError) else f"expected a whole number, got {text!r}"
-        raise argparse.ArgumentTypeError(message) from None
+_positive_float = _checked(float, lambda value: checks.positive("the value", value))
+_probability = _checked(float, lambda value: checks.probability("the value", value))
+_seed = _checked(int, checks.seed)
 
 
 def check_outputs(args, file_flags=("json",), folder_flags=("out",)):
     """Check, before any work, that the files and folders the command will write can be written."""
-    from elbox import checks
-
     for flag in file_flags:
         if getattr(args, flag, None) is not None:
             checks.writable_file(getattr(args, flag), f"--{flag}")
@@ -98,7 +85,6 @@ def load_model(spec: str):
     if not isinstance(obj, Model):
         model.name = spec
     return model
-
 
 
 def _defined(module) -> list[str]:

@@ -9,6 +9,8 @@ from elbox import arviz_compat
 from elbox.cli.common import _count, _positive_float, _probability, _seed, check_outputs, load_model, write_json
 from elbox.errors import SettingsError
 from elbox.mcmc.registry import SAMPLERS
+from elbox.vi.elbo import ESTIMATORS
+from elbox.vi.fit import METHODS as FIT_METHODS
 
 
 def add_parsers(commands):
@@ -30,7 +32,7 @@ def add_parsers(commands):
 
     fit = commands.add_parser("fit", help="fit a variational family by maximising the ELBO; show the gap to log p(x)")
     fit.add_argument("model", metavar="MODEL", help="built-in model name or path/to/file.py:NAME")
-    fit.add_argument("--method", default="meanfield", choices=["meanfield", "fullrank", "flow", "cavi"],
+    fit.add_argument("--method", default="meanfield", choices=list(FIT_METHODS),
                      help="variational family, or cavi for coordinate ascent (default: meanfield)")
     fit.add_argument("--steps", type=_count(1), default=10_000,
                      help="largest number of optimisation steps, or of CAVI sweeps (default: 10000)")
@@ -39,7 +41,7 @@ def add_parsers(commands):
                      help="Adam's step size (default: 0.01, 0.003 for flow)")
     fit.add_argument("--samples", type=_count(1), default=None,
                      help="draws from q per gradient step (default: 1, 8 for flow)")
-    fit.add_argument("--estimator", default=None, choices=["auto", "reparam", "stl", "score"],
+    fit.add_argument("--estimator", default=None, choices=list(ESTIMATORS),
                      help="ELBO gradient estimator (default: auto for meanfield/fullrank, reparam for flow)")
     fit.add_argument("--no-stop", action="store_true", help="run all steps: no stopping rule, constant step size")
     fit.add_argument("--json", metavar="PATH", type=Path, help="write the results as JSON to PATH")

@@ -3,7 +3,9 @@
 A :class:`Sampler` is four pure pieces, all for one chain (the driver batches chains with
 ``vmap`` and loops with ``lax.scan``):
 
-* ``init(position, log_density_fn) -> state``: the state at a flat unconstrained position;
+* ``init(position, log_density, log_density_fn) -> state``: the state at a flat unconstrained
+  position whose (finite) log density the driver has already computed; a kernel that needs
+  more (a gradient) computes it from ``log_density_fn``;
 * ``build_kernel(log_density_fn) -> kernel``, with ``kernel(key, state, params) -> (state, info)``
   one transition; its tunable parameters (a proposal scale; a step size and inverse mass matrix)
   are an argument, so the warm-up can change them without rebuilding anything, and the target
@@ -46,7 +48,7 @@ class Sampler(NamedTuple):
     """A Markov kernel as the driver sees it; see the module docstring."""
 
     name: str
-    init: Callable[[Any, Callable], Any]
+    init: Callable[[Any, Any, Callable], Any]
     build_kernel: Callable[[Callable], Callable]
     tuner: Tuner
     stats: Callable[[Any, Any], dict]

@@ -176,7 +176,7 @@ def sampler(dimension: int, dtype, *, proposal: Proposal | None = None, scale: f
             kernel = build_kernel(log_density_fn)
             return lambda key, state, params: kernel(key, state, proposal)
 
-        return Sampler("mh", init, build_fixed, fixed_parameters(()), _stats)
+        return Sampler("mh", _init_at, build_fixed, fixed_parameters(()), _stats)
 
     target = target_acceptance if target_acceptance is not None else adaptation.default_target_acceptance(dimension)
 
@@ -192,7 +192,12 @@ def sampler(dimension: int, dtype, *, proposal: Proposal | None = None, scale: f
         final=adaptation.final_proposal_scale,
         report=lambda scales: {"proposal_scale": np.asarray(scales)},
     )
-    return Sampler("mh", init, build_random_walk, tuner, _stats)
+    return Sampler("mh", _init_at, build_random_walk, tuner, _stats)
+
+
+def _init_at(position, log_density, log_density_fn) -> MHState:
+    """The driver's init: the log density at ``position`` is already known."""
+    return MHState(position, log_density)
 
 
 def _stats(info: MHInfo, state: MHState) -> dict:

@@ -97,10 +97,10 @@ def sample(
     sampler = SAMPLERS[method](model.dimension, model.ravel(model.init_position).dtype, **options)
 
     key_init, key_warmup, key_sampling = jax.random.split(key, 3)
-    positions, _ = initial_positions(model, key_init, chains, init)
+    positions, log_densities = initial_positions(model, key_init, chains, init)
     kernel = sampler.build_kernel(model.flat_log_joint)
     tuner = sampler.tuner
-    states = jax.jit(jax.vmap(lambda position: sampler.init(position, model.flat_log_joint)))(positions)
+    states = jax.vmap(lambda x, lp: sampler.init(x, lp, model.flat_log_joint))(positions, log_densities)
     tuner_states = jax.jit(jax.vmap(lambda _: tuner.init()))(jnp.arange(chains))
 
     schedule = warmup_schedule(warmup)
@@ -141,7 +141,7 @@ def sample(
     with bar:
         bar.phase("warmup")
         # During warm-up the fixed parameters are a placeholder of the right shape (unused).
-        placeholder = jax.jit(jax.vmap(tuner.params, axis_size=chains))(tuner_states)
+        placeholder = jax.vmap(tuner.params, axis_size=chains)(tuner_states)
         warm = loop.run(carry, key_warmup, warmup, {"warmup": jnp.bool_(True), "params": placeholder},
                         on_chunk=bar.update, keep_outputs=False)
         states, tuner_states, warmup_acceptance = warm.carry
