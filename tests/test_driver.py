@@ -41,7 +41,7 @@ def toy_sampler(dimension, dtype, *, spread: float = 1.0):
         return kernel
 
     tuner = Tuner(
-        init=lambda: jnp.zeros((), dtype),
+        init=lambda key, state, log_density_fn: jnp.zeros((), dtype),
         params=lambda steps: jnp.asarray(spread, dtype),
         update=lambda steps, info, state, window: steps + 1,
         final=lambda steps: jnp.asarray(spread, dtype) + 0 * steps,

@@ -16,7 +16,7 @@ from conftest import Z  # the z-threshold of the statistical tests
 
 import elbox
 from elbox.errors import InitializationError, SettingsError
-from elbox.mcmc import adaptation, metropolis
+from elbox.mcmc import metropolis, warmup
 
 
 def z_scores(results, known):
@@ -35,7 +35,7 @@ def z_scores(results, known):
 @pytest.mark.parametrize("name", ["normal_normal", "beta_binomial", "linear_regression"])
 def test_mh_recovers_exact_posterior_mean_and_sd(name):
     model = elbox.models.get(name)
-    results = elbox.sample(model, jax.random.key(11), chains=4, warmup=1000, draws=5000, progress=False)
+    results = elbox.sample(model, jax.random.key(11), method="mh", chains=4, warmup=1000, draws=5000, progress=False)
     assert results.summary()["r_hat"].max() < 1.01
     for label, (z_mean, z_sd) in z_scores(results, model.known).items():
         assert abs(z_mean) < Z, (label, z_mean)
@@ -46,7 +46,8 @@ def test_acceptance_rate_reaches_target_in_one_dimension():
     # One-dimensional Gaussian target: the adapted scale gives about 0.44 acceptance.
     # The mean of 4 x 5000 acceptance probabilities has an MCSE well under 0.01; the band
     # allows for the bias of averaging log s (Jensen) rather than hitting 0.44 exactly.
-    results = elbox.sample("normal_normal", jax.random.key(3), chains=4, warmup=2000, draws=5000, progress=False)
+    results = elbox.sample("normal_normal", jax.random.key(3), method="mh", chains=4, warmup=2000, draws=5000,
+                           progress=False)
     assert abs(results.acceptance_rate - 0.44) < 0.06
 
 
@@ -96,7 +97,7 @@ def test_independence_proposal_through_sample():
     """An independence proposal (q ignores z, so it is asymmetric) gives the exact posterior."""
     model = elbox.models.get("beta_binomial")
     proposal = metropolis.independence(mean=jnp.array([-0.8]), scale=jnp.array([0.6]))
-    results = elbox.sample(model, jax.random.key(8), chains=4, warmup=200, draws=5000, proposal=proposal,
+    results = elbox.sample(model, jax.random.key(8), method="mh", chains=4, warmup=200, draws=5000, proposal=proposal,
                            progress=False)
     for label, (z_mean, z_sd) in z_scores(results, model.known).items():
         assert abs(z_mean) < Z, (label, z_mean)
@@ -107,21 +108,22 @@ def test_independence_proposal_through_sample():
 def test_same_key_same_draws_whatever_the_chunks():
     key = jax.random.key(21)
     settings = dict(chains=3, warmup=100, draws=60)
-    plain = elbox.sample("eight_schools", key, progress=False, **settings)
+    plain = elbox.sample("eight_schools", key, method="mh", progress=False, **settings)
     calls = []
     chunked = elbox.sample(
-        "eight_schools", key, chunk_size=7, progress=lambda *a: calls.append(a), **settings
+        "eight_schools", key, method="mh", chunk_size=7, progress=lambda *a: calls.append(a), **settings
     )
     assert len(calls) == -(-100 // 7) + -(-60 // 7)
     assert calls[-1][1:] == (160, 160)
     np.testing.assert_array_equal(plain.posterior["mu"].values, chunked.posterior["mu"].values)
     np.testing.assert_array_equal(plain.proposal_scale, chunked.proposal_scale)
-    other = elbox.sample("eight_schools", jax.random.key(22), progress=False, **settings)
+    other = elbox.sample("eight_schools", jax.random.key(22), method="mh", progress=False, **settings)
     assert not np.array_equal(plain.posterior["mu"].values, other.posterior["mu"].values)
 
 
 def test_results_container():
-    results = elbox.sample("eight_schools", jax.random.key(0), chains=2, warmup=50, draws=40, progress=False)
+    results = elbox.sample("eight_schools", jax.random.key(0), method="mh", chains=2, warmup=50, draws=40,
+                           progress=False)
     posterior = results.inference_data.posterior
     assert posterior["theta"].shape == (2, 40, 8)
     assert posterior["tau"].shape == (2, 40)
@@ -134,14 +136,14 @@ def test_results_container():
 
 # -- adaptation schedule ------------------------------------------------------------------------
 def test_warmup_windows_follow_stan():
-    schedule = adaptation.warmup_schedule(1000)
+    schedule = warmup.warmup_schedule(1000)
     ends = np.flatnonzero(schedule.window_end) + 1
     np.testing.assert_array_equal(ends, [100, 150, 250, 450, 950])
     assert not schedule.in_slow_window[:75].any() and not schedule.in_slow_window[950:].any()
     assert schedule.in_slow_window[75:950].all()
-    short = adaptation.warmup_schedule(100)
+    short = warmup.warmup_schedule(100)
     assert short.in_slow_window.sum() == 100 - 15 - 10
-    assert not adaptation.warmup_schedule(10).window_end.any()
+    assert not warmup.warmup_schedule(10).window_end.any()
 
 
 # -- errors -------------------------------------------------------------------------------------
@@ -159,7 +161,7 @@ def test_warmup_windows_follow_stan():
 )
 def test_bad_settings_are_named(settings, message):
     with pytest.raises(SettingsError, match=message):
-        elbox.sample("normal_normal", jax.random.key(0), progress=False, **settings)
+        elbox.sample("normal_normal", jax.random.key(0), progress=False, **{"method": "mh", **settings})
 
 
 def wall_model():
@@ -169,7 +171,7 @@ def wall_model():
 
 def test_non_finite_initial_point_names_the_site():
     with pytest.raises(InitializationError, match="wall"):
-        elbox.sample(wall_model, jax.random.key(0), init={"mu": 4.0}, progress=False)
+        elbox.sample(wall_model, jax.random.key(0), method="mh", init={"mu": 4.0}, progress=False)
 
 
 def test_random_initialisation_failure_names_the_site():
@@ -179,4 +181,4 @@ def test_random_initialisation_failure_names_the_site():
         numpyro.factor("impossible", -jnp.inf)
 
     with pytest.raises(InitializationError, match="impossible"):
-        elbox.sample(nowhere, jax.random.key(0), progress=False)
+        elbox.sample(nowhere, jax.random.key(0), method="mh", progress=False)

@@ -27,7 +27,9 @@ class Tuner(NamedTuple):
     """Warm-up adaptation of a kernel's parameters, one chain at a time.
 
     Attributes:
-        init: ``() -> tuner_state``, the state before warm-up.
+        init: ``(key, state, log_density_fn) -> tuner_state``, the state before warm-up, from the
+            chain's initial kernel state (a step-size heuristic or a first preconditioner may
+            look at the target there).
         params: ``tuner_state -> params``, the kernel's parameters during warm-up.
         update: ``(tuner_state, info, state, window) -> tuner_state`` after each warm-up step;
             ``window`` holds the step's flags in Stan's windowed schedule (``in_slow_window``,
@@ -57,7 +59,7 @@ class Sampler(NamedTuple):
 def fixed_parameters(params, report: Callable[[Any], dict] | None = None) -> Tuner:
     """A tuner that adapts nothing: ``params`` before, during and after warm-up."""
     return Tuner(
-        init=lambda: (),
+        init=lambda key, state, log_density_fn: (),
         params=lambda _: params,
         update=lambda tuner_state, info, state, window: tuner_state,
         final=lambda _: params,

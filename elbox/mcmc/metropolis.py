@@ -21,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from elbox import checks
 from elbox.errors import SettingsError
-from elbox.mcmc import adaptation
+from elbox.mcmc import random_walk_adaptation as adaptation
 from elbox.mcmc.base import Sampler, Tuner, fixed_parameters
 
 
@@ -157,11 +158,15 @@ def sampler(dimension: int, dtype, *, proposal: Proposal | None = None, scale: f
     """Metropolis–Hastings for the driver (:mod:`elbox.mcmc.base`).
 
     Without ``proposal``: the Gaussian random walk whose per-coordinate scales (its ``params``)
-    adapt during warm-up (:mod:`elbox.mcmc.adaptation`), from ``scale`` (default 2.38 / sqrt(d))
+    adapt during warm-up (:mod:`elbox.mcmc.random_walk_adaptation`), from ``scale`` (default 2.38 / sqrt(d))
     toward ``target_acceptance`` (default 0.234, 0.44 in one dimension). With ``proposal``: that
     proposal as it is, with the Hastings correction and no adaptation (``scale`` and
     ``target_acceptance`` then have no meaning and are refused).
     """
+    if scale is not None:
+        scale = checks.positive("scale", scale)
+    if target_acceptance is not None:
+        target_acceptance = checks.probability("target_acceptance", target_acceptance)
     if proposal is not None:
         ignored = [name for name, value in (("scale", scale), ("target_acceptance", target_acceptance))
                    if value is not None]
@@ -185,7 +190,7 @@ def sampler(dimension: int, dtype, *, proposal: Proposal | None = None, scale: f
         return lambda key, state, scales: kernel(key, state, random_walk(scales))
 
     tuner = Tuner(
-        init=lambda: adaptation.init(dimension, dtype, scale),
+        init=lambda key, state, log_density_fn: adaptation.init(dimension, dtype, scale),
         params=adaptation.proposal_scale,
         update=lambda tuner_state, info, state, window: adaptation.update(
             tuner_state, info.acceptance_rate, state.position, window["in_slow_window"], window["window_end"], target),

@@ -20,8 +20,7 @@ from elbox import checks
 from elbox.errors import SettingsError
 from elbox.initialization import initial_positions
 from elbox.loop import ChunkedLoop, choose_chunk_size
-from elbox.mcmc import metropolis
-from elbox.mcmc.registry import SAMPLERS
+from elbox.mcmc.registry import DEFAULT_METHOD, SAMPLERS
 from elbox.mcmc.warmup import warmup_schedule
 from elbox.models import resolve
 from elbox.precision import full_precision
@@ -36,16 +35,14 @@ def sample(
     model: Any,
     key: jax.Array,
     *,
-    method: str = "mh",
+    method: str = DEFAULT_METHOD,
     chains: int = 4,
     warmup: int = 1000,
     draws: int = 1000,
-    proposal: metropolis.Proposal | None = None,
-    scale: float | None = None,
-    target_acceptance: float | None = None,
     init: dict[str, Any] | None = None,
     chunk_size: int | None = None,
     progress: bool | Callable[[str, int, int], None] = True,
+    **options: Any,
 ) -> SamplingResults:
     """Draw from p(z | x) with ``chains`` Markov chains.
 
@@ -53,19 +50,25 @@ def sample(
         model: a built-in model name, a NumPyro model function (no arguments, data closed
             over) or an :class:`~elbox.Model`.
         key: a JAX PRNG key; the same key gives the same draws.
-        method: ``"mh"``: random-walk Metropolis–Hastings (or ``proposal``).
+        method: the sampler, a name in :data:`elbox.mcmc.registry.SAMPLERS`: ``"nuts"`` (the
+            default; :mod:`elbox.mcmc.nuts`), ``"hmc"``, ``"mala"`` or ``"mh"`` (random-walk
+            Metropolis–Hastings).
         chains, warmup, draws: how many chains, warm-up steps per chain and kept draws per chain.
-        proposal: a :class:`~elbox.mcmc.metropolis.Proposal` with its log density, used as is
-            (no adaptation) with the Hastings correction; default: the adaptive Gaussian
-            random walk.
-        scale: the random walk's initial scale (default 2.38 / sqrt(dimension)).
-        target_acceptance: the random walk's target acceptance rate during warm-up
-            (default 0.234, or 0.44 in one dimension).
         init: constrained starting values ``{site: value}`` shared by all chains; default:
             each chain starts at a uniform draw in [-2, 2] on the unconstrained space.
         chunk_size: steps per compiled call; the draws do not depend on it.
         progress: show a progress bar (``True``), none (``False``), or a callback
             ``(phase, steps_done, steps_total)``.
+        **options: the sampler's own settings, refused by name when it has no such setting:
+
+            * ``nuts``, ``hmc``, ``mala``: ``step_size`` (the first ε; default Stan's heuristic),
+              ``mass_matrix`` (``"diagonal"``, ``"dense"`` or ``"diagonal_gradient"``),
+              ``target_acceptance`` (0.8 for NUTS, 0.65 for HMC, 0.574 for MALA);
+              ``max_tree_depth`` (NUTS, default 10); ``num_steps`` or ``trajectory_length``
+              and ``jitter`` (HMC);
+            * ``mh``: ``scale`` (the random walk's first scale, default 2.38 / sqrt(dimension)),
+              ``target_acceptance`` (0.234; 0.44 in one dimension), or a ``proposal``
+              (:class:`~elbox.mcmc.metropolis.Proposal`, used as is with the Hastings correction).
 
     Returns:
         :class:`~elbox.results.SamplingResults`: ArviZ ``InferenceData`` of the constrained
@@ -83,12 +86,7 @@ def sample(
     draws = checks.count("draws", draws, minimum=1)
     if chunk_size is not None:
         chunk_size = checks.count("chunk_size", chunk_size, minimum=1)
-    if scale is not None:
-        scale = checks.positive("scale", scale)
-    if target_acceptance is not None:
-        target_acceptance = checks.probability("target_acceptance", target_acceptance)
-    given = {"proposal": proposal, "scale": scale, "target_acceptance": target_acceptance}
-    options = {name: value for name, value in given.items() if value is not None}
+    options = {name: value for name, value in options.items() if value is not None}
     accepted = inspect.signature(SAMPLERS[method]).parameters
     refused = [name for name in options if name not in accepted]
     if refused:
@@ -97,11 +95,18 @@ def sample(
     sampler = SAMPLERS[method](model.dimension, model.ravel(model.init_position).dtype, **options)
 
     key_init, key_warmup, key_sampling = jax.random.split(key, 3)
+    key_tuner = jax.random.fold_in(key_init, 1)
     positions, log_densities = initial_positions(model, key_init, chains, init)
     kernel = sampler.build_kernel(model.flat_log_joint)
     tuner = sampler.tuner
-    states = jax.vmap(lambda x, lp: sampler.init(x, lp, model.flat_log_joint))(positions, log_densities)
-    tuner_states = jax.jit(jax.vmap(lambda _: tuner.init()))(jnp.arange(chains))
+
+    @jax.jit
+    @jax.vmap
+    def start(position, log_density, key):
+        state = sampler.init(position, log_density, model.flat_log_joint)
+        return state, tuner.init(key, state, model.flat_log_joint)
+
+    states, tuner_states = start(positions, log_densities, jax.random.split(key_tuner, chains))
 
     schedule = warmup_schedule(warmup)
     # One trailing entry so that the schedule can be indexed even when warmup == 0.

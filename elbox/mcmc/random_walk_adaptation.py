@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from elbox.mcmc.warmup import WarmupSchedule, warmup_schedule  # noqa: F401  (re-exported)
+from elbox.mcmc import welford
 
 SCALE_LEARNING_EXPONENT = 0.6
 
@@ -37,7 +37,7 @@ class AdaptationState(NamedTuple):
             of the recursion, whose ratio is the scale kept after warm-up.
         step: steps since the recursion last restarted.
         diagonal: current per-coordinate proposal scales d.
-        welford_mean, welford_m2, welford_count: running moments of the window's draws.
+        window: running moments of the window's draws (:mod:`elbox.mcmc.welford`).
     """
 
     log_scale: jax.Array
@@ -45,9 +45,7 @@ class AdaptationState(NamedTuple):
     log_scale_count: jax.Array
     step: jax.Array
     diagonal: jax.Array
-    welford_mean: jax.Array
-    welford_m2: jax.Array
-    welford_count: jax.Array
+    window: welford.WelfordState
 
 
 def default_target_acceptance(dimension: int) -> float:
@@ -62,16 +60,13 @@ def initial_scale(dimension: int) -> float:
 
 def init(dimension: int, dtype, scale: float | None = None) -> AdaptationState:
     log_scale = jnp.log(jnp.asarray(scale if scale is not None else initial_scale(dimension), dtype))
-    zeros = jnp.zeros(dimension, dtype)
     return AdaptationState(
         log_scale=log_scale,
         log_scale_sum=jnp.zeros((), dtype),
         log_scale_count=jnp.zeros((), dtype),
         step=jnp.zeros((), jnp.int32),
         diagonal=jnp.ones(dimension, dtype),
-        welford_mean=zeros,
-        welford_m2=zeros,
-        welford_count=jnp.zeros((), dtype),
+        window=welford.init(dimension, dtype),
     )
 
 
@@ -102,31 +97,22 @@ def update(
         acceptance_rate - target_acceptance
     )
 
-    # Welford's running mean and variance of the window's draws.
-    count = state.welford_count + in_slow_window
-    delta = position - state.welford_mean
-    mean = state.welford_mean + jnp.where(in_slow_window, delta / jnp.maximum(count, 1), 0.0)
-    m2 = state.welford_m2 + jnp.where(in_slow_window, delta * (position - mean), 0.0)
+    window = welford.update(state.window, position, in_slow_window)
 
     # At a window's end: new diagonal (Stan's regularisation), fresh moments, and the scale
     # recursion restarts from the scale that is optimal for a well-preconditioned target.
-    variance = m2 / jnp.maximum(count - 1, 1)
-    shrunk = (count / (count + 5)) * variance + 1e-3 * (5 / (count + 5))
-    diagonal = jnp.where(window_end, jnp.sqrt(shrunk), state.diagonal)
+    diagonal = jnp.where(window_end, jnp.sqrt(welford.regularized_variance(window)), state.diagonal)
     dimension = position.shape[0]
     restart_log_scale = jnp.log(jnp.asarray(initial_scale(dimension), position.dtype))
     log_scale = jnp.where(window_end, restart_log_scale, log_scale)
     step = jnp.where(window_end, 0, step)
     log_scale_sum = jnp.where(window_end, 0.0, state.log_scale_sum + log_scale)
     log_scale_count = jnp.where(window_end, 0.0, state.log_scale_count + 1)
-    zeros = jnp.zeros_like(position)
     return AdaptationState(
         log_scale=log_scale,
         log_scale_sum=log_scale_sum,
         log_scale_count=log_scale_count,
         step=step,
         diagonal=diagonal,
-        welford_mean=jnp.where(window_end, zeros, mean),
-        welford_m2=jnp.where(window_end, zeros, m2),
-        welford_count=jnp.where(window_end, 0.0, count),
+        window=welford.reset(window, window_end),
     )
