@@ -41,19 +41,11 @@ def initial_positions(
         flat = _flat_from_user_values(model, init)
         require_finite(model, flat, "the given initial values")
         positions = jnp.broadcast_to(flat, (count, flat.size))
-        return positions, jax.jit(jax.vmap(model.flat_log_joint))(positions)
+        log_densities = model.program("log_densities", lambda: jax.jit(jax.vmap(model.flat_log_joint)))
+        return positions, log_densities(positions)
 
     center = np.asarray(model.ravel(model.init_position))
-
-    @jax.jit
-    def attempt(key, attempt_index, positions, finite):
-        """Redraw the rows that are not finite yet; one compiled program for every attempt."""
-        # Drawn flat and reshaped: the same numbers, a much faster compilation.
-        draw = center + jax.random.uniform(
-            jax.random.fold_in(key, attempt_index), (count * center.size,), center.dtype, -INIT_RADIUS, INIT_RADIUS
-        ).reshape(count, center.size)
-        positions = jnp.where(finite[:, None], positions, draw)
-        return positions, jax.vmap(model.flat_log_joint)(positions)
+    attempt = model.program(("initial_attempt", count), lambda: _attempt_program(model, count))
 
     positions = np.zeros((count, center.size), center.dtype)
     finite = np.zeros(count, bool)
@@ -65,6 +57,22 @@ def initial_positions(
     bad = positions[int(np.argmin(finite))]
     require_finite(model, bad, f"{INIT_ATTEMPTS} random starting points in [-2, 2]")
     raise AssertionError("unreachable: require_finite raised")
+
+
+def _attempt_program(model: Model, count: int):
+    """One compiled program for every attempt: redraw the rows that are not finite yet."""
+    center = np.asarray(model.ravel(model.init_position))
+
+    @jax.jit
+    def attempt(key, attempt_index, positions, finite):
+        # Drawn flat and reshaped: the same numbers, a much faster compilation.
+        draw = center + jax.random.uniform(
+            jax.random.fold_in(key, attempt_index), (count * center.size,), center.dtype, -INIT_RADIUS, INIT_RADIUS
+        ).reshape(count, center.size)
+        positions = jnp.where(finite[:, None], positions, draw)
+        return positions, jax.vmap(model.flat_log_joint)(positions)
+
+    return attempt
 
 
 def _flat_from_user_values(model: Model, init) -> jax.Array:

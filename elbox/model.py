@@ -152,6 +152,15 @@ class Model:
         self.gaussian_prior = gaussian_prior
         self.supports = dict(supports or {})
         self.conjugacy = conjugacy
+        self._programs: dict = {}
+
+    def program(self, key, build: Callable):
+        """The program ``key`` (a compiled function, a driver's loop) of this model, made by
+        ``build()`` the first time it is asked for and kept with the model: a second run with the
+        same settings and shapes reuses it instead of tracing and compiling again."""
+        if key not in self._programs:
+            self._programs[key] = build()
+        return self._programs[key]
 
     @property
     def parameter_names(self) -> list[str]:

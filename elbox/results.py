@@ -22,6 +22,9 @@ from elbox import arviz_compat
 from elbox.model import Model
 
 MIN_DRAWS_FOR_DIAGNOSTICS = arviz_compat.MIN_DRAWS_FOR_DIAGNOSTICS
+EBFMI_THRESHOLD = 0.3
+R_HAT_THRESHOLD = 1.01
+MIN_ESS_PER_CHAIN = 100
 SUMMARY_COLUMNS = ("mean", "sd", "mcse_mean", "ess_bulk", "ess_tail", "r_hat")
 
 
@@ -38,7 +41,11 @@ class SamplingResults:
         seconds: ``{"compile", "warmup", "sampling", "total"}`` wall-clock seconds; compile is
             XLA compilation of the warm-up and sampling loops, total includes everything.
         tuning: what the warm-up adapted, by name, one row per chain (the random walk's
-            ``proposal_scale``, shape ``(chains, dimension)``; empty when nothing adapted).
+            ``proposal_scale``, shape ``(chains, dimension)``; a gradient kernel's ``step_size``
+            and ``inverse_mass``; empty when nothing adapted).
+        settings: the sampler's resolved options (``max_tree_depth``, ``target_acceptance``, ...).
+        warmup_totals: per-chain sums over warm-up of ``acceptance_rate``, ``n_steps`` and
+            ``diverging``, those the sampler reports (the warm-up's draws are not kept).
         warmup_acceptance_rate: mean acceptance probability over warm-up.
     """
 
@@ -48,12 +55,15 @@ class SamplingResults:
     warmup: int
     seconds: dict[str, float]
     tuning: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    warmup_totals: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     warmup_acceptance_rate: float | None = None
 
     @classmethod
     def from_flat_draws(cls, *, model: Model, flat_draws: np.ndarray, sample_stats: dict, **kwargs):
         """Map flat unconstrained draws ``(chains, draws, dimension)`` to named constrained ones."""
-        to_constrained = jax.jit(jax.vmap(jax.vmap(lambda f: model.constrain(model.unravel(f)))))
+        to_constrained = model.program(
+            "constrain_draws", lambda: jax.jit(jax.vmap(jax.vmap(lambda f: model.constrain(model.unravel(f))))))
         posterior = {k: np.asarray(v) for k, v in to_constrained(flat_draws).items()}
         return cls(inference_data=arviz_compat.from_dict(posterior, sample_stats), model=model, **kwargs)
 
@@ -88,9 +98,86 @@ class SamplingResults:
 
     @property
     def divergences(self) -> int | None:
-        """Divergent transitions (``None`` for kernels without a numerical integrator, like MH)."""
+        """Divergent transitions after warm-up (``None`` for kernels without a Hamiltonian
+        integrator, like MH and MALA)."""
         stats = self.sample_stats
         return int(stats["diverging"].sum()) if "diverging" in stats else None
+
+    @property
+    def max_tree_depth_hits(self) -> int | None:
+        """Transitions after warm-up whose trajectory stopped at ``max_tree_depth`` rather than at a
+        U-turn (NUTS only; ``None`` otherwise): the sampler was cut short, not wrong."""
+        stats = self.sample_stats
+        if "tree_depth" not in stats or "max_tree_depth" not in self.settings:
+            return None
+        return int((np.asarray(stats["tree_depth"]) >= self.settings["max_tree_depth"]).sum())
+
+    @property
+    def ebfmi(self) -> np.ndarray | None:
+        """The energy Bayesian fraction of missing information of each chain (Betancourt 2016):
+        E-BFMI = Σ_n (E_n − E_{n−1})² / Σ_n (E_n − Ē)², with E_n the Hamiltonian of draw n.
+        Below 0.3 the momentum resampling explores the energy distribution poorly (heavy
+        tails, funnels). ``None`` for kernels without an energy."""
+        stats = self.sample_stats
+        if "energy" not in stats or self.draws < 2:
+            return None
+        energy = np.asarray(stats["energy"], np.float64)  # (chains, draws)
+        centered = energy - energy.mean(axis=1, keepdims=True)
+        return np.sum(np.diff(energy, axis=1) ** 2, axis=1) / np.sum(centered**2, axis=1)
+
+    @property
+    def gradient_evaluations(self) -> dict[str, float] | None:
+        """Gradient evaluations ``{"warmup", "sampling", "per_draw"}`` over all chains (per draw:
+        sampling only); ``None`` for kernels that use no gradient."""
+        stats = self.sample_stats
+        if "n_steps" not in stats:
+            return None
+        sampling = float(np.asarray(stats["n_steps"]).sum())
+        warmup = float(np.sum(self.warmup_totals["n_steps"])) if "n_steps" in self.warmup_totals else 0.0
+        return {"warmup": warmup, "sampling": sampling, "per_draw": sampling / (self.chains * self.draws)}
+
+    @property
+    def warnings(self) -> list[str]:
+        """CmdStan-style warnings about this run, empty when nothing signals trouble: divergences,
+        trajectories cut at the maximum tree depth, E-BFMI below 0.3, R-hat above 1.01, bulk ESS
+        below 100 per chain."""
+        found = []
+        transitions = self.chains * self.draws
+        if self.divergences:
+            found.append(
+                f"{self.divergences} of {transitions} transitions after warm-up diverged: the sampler met curvature "
+                "its step size cannot follow, and the draws may be biased. Raise target_acceptance (e.g. 0.95) "
+                "or reparameterise the model (e.g. non-centred)."
+            )
+        hits = self.max_tree_depth_hits
+        if hits:
+            found.append(
+                f"{hits} of {transitions} transitions stopped at the maximum tree depth "
+                f"({self.settings['max_tree_depth']}): not wrong, but slow; raise max_tree_depth or "
+                "reparameterise."
+            )
+        ebfmi = self.ebfmi
+        if ebfmi is not None:
+            low = [f"chain {i}: {value:.2f}" for i, value in enumerate(ebfmi) if value < EBFMI_THRESHOLD]
+            if low:
+                found.append(
+                    f"E-BFMI below {EBFMI_THRESHOLD} ({', '.join(low)}): the chains explore the energy "
+                    "distribution poorly, often a sign of heavy tails or a funnel; reparameterise the model."
+                )
+        if self.draws >= MIN_DRAWS_FOR_DIAGNOSTICS:
+            table = self.summary()
+            r_hat = table["r_hat"].max()
+            if r_hat > R_HAT_THRESHOLD:
+                found.append(f"R-hat up to {r_hat:.3f} (> {R_HAT_THRESHOLD}): the chains disagree; run longer "
+                             "or check the model.")
+            ess = table["ess_bulk"].min()
+            if ess < MIN_ESS_PER_CHAIN * self.chains:
+                found.append(
+                    f"bulk ESS down to {ess:.0f} (under {MIN_ESS_PER_CHAIN} per chain, "
+                    f"{MIN_ESS_PER_CHAIN * self.chains} for {self.chains} chains): too few effective draws for "
+                    "reliable R-hat and means; draw more."
+                )
+        return found
 
     def summary(self):
         """Summary table (a pandas DataFrame): mean, sd, 5% and 95% quantiles, MCSE, ESS, R-hat.

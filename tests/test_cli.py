@@ -12,7 +12,8 @@ from elbox.cli import main
 
 SAMPLE_FIELDS = {
     "model", "method", "chains", "warmup", "draws", "seed", "seconds",
-    "acceptance_rate", "divergences", "parameters",
+    "acceptance_rate", "divergences", "parameters", "max_tree_depth_hits", "ebfmi", "gradient_evaluations",
+    "settings", "tuning", "warnings",
 }
 PARAMETER_FIELDS = {"mean", "sd", "mcse_mean", "ess_bulk", "ess_tail", "r_hat"}
 QUICK = ["--warmup", "200", "--draws", "200", "--no-progress"]
@@ -36,6 +37,32 @@ def test_sample_builtin_writes_json_and_outputs(tmp_path, capsys):
         assert set(stats) == PARAMETER_FIELDS
     assert (tmp_path / "draws" / "draws.nc").stat().st_size > 0
     assert (tmp_path / "draws" / "trace.png").stat().st_size > 0
+    # MH has no gradients, integrator or energy: those diagnostics are null, not zero.
+    assert summary["divergences"] is None and summary["ebfmi"] is None and summary["gradient_evaluations"] is None
+
+
+def test_sample_defaults_to_nuts_with_its_diagnostics(tmp_path, capsys):
+    path = tmp_path / "out.json"
+    assert main(["sample", "eight_schools", "--json", str(path), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "nuts" in printed and "E-BFMI" in printed and "gradient evaluations" in printed
+    summary = json.loads(path.read_text())
+    assert summary["method"] == "nuts" and summary["warmup"] == 1000 and summary["draws"] == 1000
+    assert summary["settings"]["max_tree_depth"] == 10
+    assert isinstance(summary["divergences"], int) and isinstance(summary["max_tree_depth_hits"], int)
+    assert len(summary["ebfmi"]) == 4 and all(value > 0 for value in summary["ebfmi"])
+    gradients = summary["gradient_evaluations"]
+    assert gradients["warmup"] > 1000 * 4 and gradients["per_draw"] >= 1
+    assert gradients["sampling"] == gradients["per_draw"] * 4 * 1000
+    assert len(summary["tuning"]["step_size"]) == 4
+    # Every warning printed is in the JSON, and the other way round.
+    assert [line[len("warning: "):] for line in printed.splitlines() if line.startswith("warning: ")] == \
+        summary["warnings"]
+
+
+def test_sample_refuses_a_flag_the_sampler_does_not_take(capsys):
+    assert main(["sample", "eight_schools", "--scale", "0.5", *QUICK]) == 2
+    assert "--scale is not a setting of --method nuts" in capsys.readouterr().err
 
 
 MODEL_FILE = """

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
 from elbox import arviz_compat
 from elbox.cli.common import _count, _positive_float, _probability, _seed, check_outputs, load_model, write_json
 from elbox.errors import SettingsError
-from elbox.mcmc.registry import SAMPLERS
+from elbox.mcmc.registry import DEFAULT_METHOD, SAMPLERS
+from elbox.mcmc.window_adaptation import MASS_MATRICES
 from elbox.vi.elbo import ESTIMATORS
 from elbox.vi.fit import METHODS as FIT_METHODS
 
@@ -16,15 +18,27 @@ from elbox.vi.fit import METHODS as FIT_METHODS
 def add_parsers(commands):
     sample = commands.add_parser("sample", help="draw from a posterior with MCMC and summarise the draws")
     sample.add_argument("model", metavar="MODEL", help="built-in model name or path/to/file.py:NAME")
-    sample.add_argument("--method", default="mh", choices=list(SAMPLERS), help="sampler (default: mh)")
+    sample.add_argument("--method", default=DEFAULT_METHOD, choices=list(SAMPLERS),
+                        help=f"sampler (default: {DEFAULT_METHOD})")
     sample.add_argument("--chains", type=_count(1), default=4, help="number of chains (default: 4)")
     sample.add_argument("--warmup", type=_count(0), default=1000, help="warm-up steps per chain (default: 1000)")
     sample.add_argument("--draws", type=_count(1), default=1000, help="kept draws per chain (default: 1000)")
     sample.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
-    sample.add_argument("--scale", type=_positive_float, default=None,
-                        help="initial random-walk scale (default: 2.38 / sqrt(dimension))")
     sample.add_argument("--target-acceptance", type=_probability, default=None,
-                        help="target acceptance rate during warm-up (default: 0.234, 0.44 in 1-d)")
+                        help="target acceptance statistic during warm-up (default: nuts 0.8, hmc 0.65, "
+                             "mala 0.574, mh 0.234 or 0.44 in 1-d)")
+    sample.add_argument("--step-size", type=_positive_float, default=None,
+                        help="nuts, hmc, mala: first step size (default: Stan's heuristic)")
+    sample.add_argument("--mass-matrix", default=None, choices=list(MASS_MATRICES),
+                        help="nuts, hmc, mala: inverse mass matrix adapted in warm-up (default: diagonal)")
+    sample.add_argument("--max-tree-depth", type=_count(1), default=None,
+                        help="nuts: largest number of trajectory doublings (default: 10)")
+    sample.add_argument("--num-steps", type=_count(1), default=None,
+                        help="hmc: leapfrog steps per transition, jittered (default: 10)")
+    sample.add_argument("--scale", type=_positive_float, default=None,
+                        help="mh: initial random-walk scale (default: 2.38 / sqrt(dimension))")
+    sample.add_argument("--chain-method", default="vectorized", choices=["vectorized", "sequential"],
+                        help="run the chains side by side (vmap) or one after another (default: vectorized)")
     sample.add_argument("--json", metavar="PATH", type=Path, help="write the summary as JSON to PATH")
     sample.add_argument("--out", metavar="DIR", type=Path, help="save the draws (netCDF) and a trace plot in DIR")
     sample.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -68,6 +82,16 @@ def run_sample(args) -> int:
     from elbox.mcmc.run import sample
     from elbox.report.summary import sampling_json, sampling_text
 
+    flags = {"--target-acceptance": ("target_acceptance", args.target_acceptance),
+             "--step-size": ("step_size", args.step_size), "--mass-matrix": ("mass_matrix", args.mass_matrix),
+             "--max-tree-depth": ("max_tree_depth", args.max_tree_depth), "--num-steps": ("num_steps", args.num_steps),
+             "--scale": ("scale", args.scale)}
+    accepted = inspect.signature(SAMPLERS[args.method]).parameters
+    refused = [flag for flag, (name, value) in flags.items() if value is not None and name not in accepted]
+    if refused:
+        raise SettingsError(f"{', '.join(refused)} {'is' if len(refused) == 1 else 'are'} not a setting of "
+                            f"--method {args.method}; drop {'it' if len(refused) == 1 else 'them'}.")
+    options = {name: value for name, value in flags.values() if value is not None}
     model = load_model(args.model)
     results = sample(
         model,
@@ -76,9 +100,9 @@ def run_sample(args) -> int:
         chains=args.chains,
         warmup=args.warmup,
         draws=args.draws,
-        scale=args.scale,
-        target_acceptance=args.target_acceptance,
+        chain_method=args.chain_method,
         progress=not args.no_progress,
+        **options,
     )
     print(sampling_text(results, model_label=args.model))
     if args.json:

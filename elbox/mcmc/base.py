@@ -12,7 +12,10 @@ A :class:`Sampler` is four pure pieces, all for one chain (the driver batches ch
   is chosen per call (a tempered target is one more ``build_kernel``, at no cost);
 * ``tuner``: a :class:`Tuner`, the warm-up adaptation of ``params``;
 * ``stats(info, state) -> {name: array}``: the per-draw ``sample_stats`` (``lp`` and
-  ``acceptance_rate`` at least; a gradient kernel adds ``diverging``, ``n_steps``, ...).
+  ``acceptance_rate`` at least; a gradient kernel adds ``n_steps``, the gradient evaluations,
+  and a Hamiltonian one ``diverging`` and ``energy``; NUTS ``tree_depth``);
+* ``settings``: the sampler's resolved options (``max_tree_depth``, ``target_acceptance``, ...),
+  kept in the results.
 
 Samplers are found by name in :data:`elbox.mcmc.registry.SAMPLERS`.
 """
@@ -54,6 +57,7 @@ class Sampler(NamedTuple):
     build_kernel: Callable[[Callable], Callable]
     tuner: Tuner
     stats: Callable[[Any, Any], dict]
+    settings: dict = {}
 
 
 def fixed_parameters(params, report: Callable[[Any], dict] | None = None) -> Tuner:

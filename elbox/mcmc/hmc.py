@@ -101,7 +101,8 @@ def sampler(dimension: int, dtype, *, step_size: float | None = None, num_steps:
         raise SettingsError(f"jitter must be True or False, got {jitter!r}.")
     return window_adaptation.gradient_sampler(
         "hmc", lambda fn: build_kernel(fn, num_steps, trajectory_length, jitter), _stats, dimension, dtype,
-        target_acceptance=target_acceptance, mass_matrix=mass_matrix, step_size=step_size)
+        target_acceptance=target_acceptance, mass_matrix=mass_matrix, step_size=step_size,
+        settings={"num_steps": num_steps, "trajectory_length": trajectory_length, "jitter": jitter})
 
 
 def _stats(info: HMCInfo, state: GradientState) -> dict:

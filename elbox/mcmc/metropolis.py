@@ -181,7 +181,7 @@ def sampler(dimension: int, dtype, *, proposal: Proposal | None = None, scale: f
             kernel = build_kernel(log_density_fn)
             return lambda key, state, params: kernel(key, state, proposal)
 
-        return Sampler("mh", _init_at, build_fixed, fixed_parameters(()), _stats)
+        return Sampler("mh", _init_at, build_fixed, fixed_parameters(()), _stats, {"proposal": "user"})
 
     target = target_acceptance if target_acceptance is not None else adaptation.default_target_acceptance(dimension)
 
@@ -197,7 +197,8 @@ def sampler(dimension: int, dtype, *, proposal: Proposal | None = None, scale: f
         final=adaptation.final_proposal_scale,
         report=lambda scales: {"proposal_scale": np.asarray(scales)},
     )
-    return Sampler("mh", _init_at, build_random_walk, tuner, _stats)
+    return Sampler("mh", _init_at, build_random_walk, tuner, _stats,
+                   {"proposal": "random walk", "target_acceptance": target})
 
 
 def _init_at(position, log_density, log_density_fn) -> MHState:

@@ -251,7 +251,8 @@ def sampler(dimension: int, dtype, *, step_size: float | None = None, max_tree_d
     max_tree_depth = checks.count("max_tree_depth", max_tree_depth, minimum=1)
     return window_adaptation.gradient_sampler(
         "nuts", lambda fn: build_kernel(fn, max_tree_depth), _stats, dimension, dtype,
-        target_acceptance=target_acceptance, mass_matrix=mass_matrix, step_size=step_size)
+        target_acceptance=target_acceptance, mass_matrix=mass_matrix, step_size=step_size,
+        settings={"max_tree_depth": max_tree_depth})
 
 
 def _stats(info: NUTSInfo, state: GradientState) -> dict:

@@ -1,8 +1,17 @@
 """The sampling driver: many chains at once, warm-up with adaptation, then fixed-kernel draws.
 
-``sample(model, key, method="mh", chains=4, warmup=1000, draws=1000)`` is the public entry
-point (re-exported as ``elbox.sample``). Chains are batched with ``vmap``; steps run in
-compiled ``lax.scan`` chunks (:mod:`elbox.loop`).
+``sample(model, key, method="nuts", chains=4, warmup=1000, draws=1000)`` is the public entry
+point (re-exported as ``elbox.sample``). It composes a registered sampler (init, kernel, tuner,
+stats; :mod:`elbox.mcmc.base`) with compiled ``lax.scan`` chunks (:mod:`elbox.loop`) and knows
+nothing else about the sampler.
+
+Chains run side by side (``vmap``; ``chain_method="vectorized"``) or one after another within
+each step (``lax.map``; ``"sequential"``: a chain never waits for another's longer NUTS
+trajectory). When JAX sees several devices (GPUs, TPU cores, or CPU devices made with
+``XLA_FLAGS=--xla_force_host_platform_device_count=N``), the chains are split across them with
+``jax.sharding`` (a one-axis mesh over chains). The draws are the same whichever way the
+chains run. The compiled programs are kept with the model: a second call with the same
+settings and shapes compiles nothing.
 """
 
 from __future__ import annotations
@@ -10,24 +19,30 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from elbox import checks
 from elbox.errors import SettingsError
 from elbox.initialization import initial_positions
 from elbox.loop import ChunkedLoop, choose_chunk_size
+from elbox.mcmc.base import Sampler
 from elbox.mcmc.registry import DEFAULT_METHOD, SAMPLERS
 from elbox.mcmc.warmup import warmup_schedule
+from elbox.model import Model
 from elbox.models import resolve
 from elbox.precision import full_precision
 from elbox.progress import ProgressBar
 from elbox.results import SamplingResults
 
 METHODS = tuple(SAMPLERS)
+CHAIN_METHODS = ("vectorized", "sequential")
+# Per-draw statistics summed over warm-up (the warm-up's own draws are not kept).
+WARMUP_TOTALS = ("acceptance_rate", "n_steps", "diverging")
 
 
 @full_precision
@@ -40,6 +55,8 @@ def sample(
     warmup: int = 1000,
     draws: int = 1000,
     init: dict[str, Any] | None = None,
+    chain_method: str = "vectorized",
+    devices: int | None = None,
     chunk_size: int | None = None,
     progress: bool | Callable[[str, int, int], None] = True,
     **options: Any,
@@ -56,6 +73,10 @@ def sample(
         chains, warmup, draws: how many chains, warm-up steps per chain and kept draws per chain.
         init: constrained starting values ``{site: value}`` shared by all chains; default:
             each chain starts at a uniform draw in [-2, 2] on the unconstrained space.
+        chain_method: ``"vectorized"`` (chains batched with ``vmap``, the default) or
+            ``"sequential"`` (one chain after another within each step).
+        devices: how many of JAX's devices to split the chains over (default: as many as
+            divide ``chains``); 1 keeps everything on one device.
         chunk_size: steps per compiled call; the draws do not depend on it.
         progress: show a progress bar (``True``), none (``False``), or a callback
             ``(phase, steps_done, steps_total)``.
@@ -72,41 +93,154 @@ def sample(
 
     Returns:
         :class:`~elbox.results.SamplingResults`: ArviZ ``InferenceData`` of the constrained
-        draws plus acceptance, timings and the adapted proposal scales.
+        draws and per-draw statistics, what the warm-up adapted, timings, and the diagnostics
+        (divergences, tree depth, E-BFMI) with their warnings.
 
     Example:
-        >>> results = elbox.sample("eight_schools", jax.random.key(0), chains=4)
+        >>> results = elbox.sample("eight_schools", jax.random.key(0))
         >>> results.summary()
     """
     tic_total = time.perf_counter()
     model = resolve(model)
     checks.one_of("method", method, METHODS)
+    checks.one_of("chain_method", chain_method, CHAIN_METHODS)
     chains = checks.count("chains", chains, minimum=1)
     warmup = checks.count("warmup", warmup, minimum=0)
     draws = checks.count("draws", draws, minimum=1)
     if chunk_size is not None:
         chunk_size = checks.count("chunk_size", chunk_size, minimum=1)
+    mesh = _chain_mesh(chains, devices)
     options = {name: value for name, value in options.items() if value is not None}
     accepted = inspect.signature(SAMPLERS[method]).parameters
-    refused = [name for name in options if name not in accepted]
+    refused = [name for name in options if name not in accepted or name in ("dimension", "dtype")]
     if refused:
         raise SettingsError(f"{', '.join(refused)} {'is' if len(refused) == 1 else 'are'} not a setting of the "
                             f"{method} sampler; drop {'it' if len(refused) == 1 else 'them'}.")
-    sampler = SAMPLERS[method](model.dimension, model.ravel(model.init_position).dtype, **options)
+    dtype = model.ravel(model.init_position).dtype
+    bar = ProgressBar(progress, total=warmup + draws, description=f"{method} {model.name}")
+    if chunk_size is None:
+        chunk_size = choose_chunk_size([warmup, draws], min_chunks=20 if bar.enabled else 1)
+
+    def build():
+        sampler = SAMPLERS[method](model.dimension, dtype, **options)
+        return _compile_program(model, sampler, chains, warmup, chunk_size, chain_method, mesh)
+
+    program = model.program(_program_key(method, options, chains, warmup, chunk_size, chain_method, mesh), build)
+    sampler = program.sampler
 
     key_init, key_warmup, key_sampling = jax.random.split(key, 3)
     key_tuner = jax.random.fold_in(key_init, 1)
     positions, log_densities = initial_positions(model, key_init, chains, init)
-    kernel = sampler.build_kernel(model.flat_log_joint)
+    tuner_keys = jax.random.split(key_tuner, chains)
+    if mesh is not None:
+        positions, log_densities, tuner_keys = jax.device_put((positions, log_densities, tuner_keys),
+                                                              NamedSharding(mesh, PartitionSpec("chain")))
+    states, tuner_states = program.start(positions, log_densities, tuner_keys)
+    totals = {name: jnp.zeros(chains, dtype) for name in program.warmup_totals}
+    carry = (states, tuner_states, totals)
+    compiled_before = program.loop.compiled is not None
+    with bar:
+        bar.phase("warmup")
+        warm = program.loop.run(carry, key_warmup, warmup, {"warmup": jnp.bool_(True),
+                                                            "params": program.placeholder(tuner_states)},
+                                on_chunk=bar.update, keep_outputs=False)
+        states, tuner_states, totals = warm.carry
+        final_params = program.final_params(tuner_states)
+        bar.phase("sampling")
+        run = program.loop.run(warm.carry, key_sampling, draws, {"warmup": jnp.bool_(False), "params": final_params},
+                               on_chunk=bar.update)
+
+    flat_draws, stats = jax.tree_util.tree_map(lambda x: np.swapaxes(x, 0, 1), run.outputs)  # (chains, draws, ...)
+    seconds = {"compile": 0.0 if compiled_before else program.loop.compile_seconds,
+               "warmup": warm.seconds, "sampling": run.seconds}
+    seconds["total"] = time.perf_counter() - tic_total
+    totals = {name: np.asarray(value) for name, value in totals.items()}
+    return SamplingResults.from_flat_draws(
+        model=model,
+        method=method,
+        flat_draws=flat_draws,
+        sample_stats=stats,
+        warmup=warmup,
+        seconds=seconds,
+        tuning=sampler.tuner.report(final_params),
+        settings=dict(sampler.settings),
+        warmup_totals=totals if warmup else {},
+        warmup_acceptance_rate=float(np.mean(totals["acceptance_rate"]) / warmup) if warmup else None,
+    )
+
+
+class _Program(NamedTuple):
+    """What a run of one sampler on one model compiles, kept with the model for the next run."""
+
+    sampler: Sampler
+    start: Callable
+    placeholder: Callable
+    final_params: Callable
+    loop: ChunkedLoop
+    warmup_totals: tuple
+
+
+def _program_key(method, options, chains, warmup, chunk_size, chain_method, mesh):
+    """A key for the model's program cache, or a fresh object (never reused) when an option
+    cannot be hashed (an array)."""
+    try:
+        frozen = tuple(sorted(options.items()))
+        hash(frozen)
+    except TypeError:
+        return object()
+    devices = None if mesh is None else tuple(d.id for d in mesh.devices.flat)
+    return ("sample", method, frozen, chains, warmup, chunk_size, chain_method, devices)
+
+
+def _chain_mesh(chains: int, devices: int | None) -> Mesh | None:
+    """A one-axis mesh ("chain") over the devices that share the chains, or None for one device."""
+    available = jax.devices()
+    if devices is None:
+        devices = max(n for n in range(1, len(available) + 1) if chains % n == 0)
+    else:
+        devices = checks.count("devices", devices, minimum=1)
+        if devices > len(available):
+            raise SettingsError(f"devices={devices}, but JAX sees {len(available)} device(s) "
+                                f"({available[0].platform}); give at most {len(available)}.")
+        if chains % devices:
+            raise SettingsError(f"chains={chains} cannot be split evenly over devices={devices}; "
+                                "give a number of chains that is a multiple of the devices.")
+    return None if devices == 1 else Mesh(np.array(available[:devices]), ("chain",))
+
+
+def _map_chains(fn: Callable, chain_method: str, groups: int) -> Callable:
+    """``fn`` over the leading (chain) axis of its arguments: ``vmap``, or for ``"sequential"`` a
+    ``lax.map`` within each of ``groups`` device groups (``vmap`` over the groups)."""
+    if chain_method == "vectorized":
+        return jax.vmap(fn)
+
+    def mapped(*args):
+        grouped = jax.tree_util.tree_map(lambda x: x.reshape(groups, x.shape[0] // groups, *x.shape[1:]), args)
+        out = jax.vmap(lambda *group: jax.lax.map(lambda a: fn(*a), group))(*grouped)
+        return jax.tree_util.tree_map(lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]), out)
+
+    return mapped
+
+
+def _compile_program(model: Model, sampler: Sampler, chains: int, warmup: int, chunk_size: int,
+                     chain_method: str, mesh: Mesh | None) -> _Program:
+    log_density_fn = model.flat_log_joint
+    kernel = sampler.build_kernel(log_density_fn)
     tuner = sampler.tuner
+    groups = 1 if mesh is None else mesh.devices.size
+    by_chain = None if mesh is None else NamedSharding(mesh, PartitionSpec("chain"))
+
+    def constrain(tree):
+        """Keep the chain axis split over the devices (a hint to the compiler; none on one device)."""
+        return tree if by_chain is None else jax.lax.with_sharding_constraint(tree, by_chain)
 
     @jax.jit
-    @jax.vmap
-    def start(position, log_density, key):
-        state = sampler.init(position, log_density, model.flat_log_joint)
-        return state, tuner.init(key, state, model.flat_log_joint)
+    def start(positions, log_densities, keys):
+        def one_chain(position, log_density, key):
+            state = sampler.init(position, log_density, log_density_fn)
+            return state, tuner.init(key, state, log_density_fn)
 
-    states, tuner_states = start(positions, log_densities, jax.random.split(key_tuner, chains))
+        return constrain(_map_chains(one_chain, chain_method, groups)(positions, log_densities, keys))
 
     schedule = warmup_schedule(warmup)
     # One trailing entry so that the schedule can be indexed even when warmup == 0.
@@ -115,56 +249,44 @@ def sample(
 
     def step(carry, step_key, t, phase):
         """One step of every chain; during warm-up (``phase["warmup"]``) the parameters adapt."""
-        states, tuner_states, warmup_acceptance = carry
+        states, tuner_states, totals = carry
         keys = jax.random.split(step_key, chains)
+        window = {"in_slow_window": in_slow[t], "window_end": window_end[t]}
 
         def one_chain(key, state, tuner_state, fixed_params):
             params = jax.tree_util.tree_map(
                 lambda adapting, fixed: jnp.where(phase["warmup"], adapting, fixed), tuner.params(tuner_state),
                 fixed_params)
-            return kernel(key, state, params)
+            state, info = kernel(key, state, params)
+            # A real branch, not a select: after warm-up the adaptation is not computed at all.
+            tuner_state = jax.lax.cond(phase["warmup"], lambda ts: tuner.update(ts, info, state, window),
+                                       lambda ts: ts, tuner_state)
+            return state, tuner_state, sampler.stats(info, state)
 
-        states, info = jax.vmap(one_chain)(keys, states, tuner_states, phase["params"])
+        states, tuner_states, stats = constrain(
+            _map_chains(one_chain, chain_method, groups)(keys, states, tuner_states, phase["params"]))
+        totals = {name: totals[name] + jnp.where(phase["warmup"], stats[name], 0).astype(totals[name].dtype)
+                  for name in totals}
+        return (states, tuner_states, totals), (states.position, stats)
 
-        def adapt(tuner_states):
-            window = {"in_slow_window": in_slow[t], "window_end": window_end[t]}
-            return jax.vmap(lambda ts, i, s: tuner.update(ts, i, s, window))(tuner_states, info, states)
-
-        # A real branch, not a select: after warm-up the adaptation is not computed at all.
-        tuner_states = jax.lax.cond(phase["warmup"], adapt, lambda a: a, tuner_states)
-        stats = sampler.stats(info, states)
-        warmup_acceptance = warmup_acceptance + jnp.where(phase["warmup"], stats["acceptance_rate"], 0.0)
-        return (states, tuner_states, warmup_acceptance), (states.position, stats)
-
-    bar = ProgressBar(progress, total=warmup + draws, description=f"{method} {model.name}")
-    if chunk_size is None:
-        chunk_size = choose_chunk_size([warmup, draws], min_chunks=20 if bar.enabled else 1)
-    loop = ChunkedLoop(step, chunk_size)
-    carry = (states, tuner_states, jnp.zeros(chains, positions.dtype))
+    # The statistics to total over warm-up: those of WARMUP_TOTALS this sampler reports.
+    reported = _reported_stats(sampler, model, log_density_fn, kernel)
+    warmup_totals = tuple(name for name in WARMUP_TOTALS if name in reported)
     # axis_size: a tuner that adapts nothing has an empty state, which vmap cannot size by itself.
-    final_params_of = jax.jit(jax.vmap(tuner.final, axis_size=chains))
-    with bar:
-        bar.phase("warmup")
-        # During warm-up the fixed parameters are a placeholder of the right shape (unused).
-        placeholder = jax.vmap(tuner.params, axis_size=chains)(tuner_states)
-        warm = loop.run(carry, key_warmup, warmup, {"warmup": jnp.bool_(True), "params": placeholder},
-                        on_chunk=bar.update, keep_outputs=False)
-        states, tuner_states, warmup_acceptance = warm.carry
-        final_params = final_params_of(tuner_states)
-        bar.phase("sampling")
-        run = loop.run(warm.carry, key_sampling, draws, {"warmup": jnp.bool_(False), "params": final_params},
-                       on_chunk=bar.update)
+    final_params = jax.jit(lambda ts: constrain(jax.vmap(tuner.final, axis_size=chains)(ts)))
+    placeholder = jax.jit(lambda ts: constrain(jax.vmap(tuner.params, axis_size=chains)(ts)))
+    loop = ChunkedLoop(step, chunk_size)
+    return _Program(sampler, start, placeholder, final_params, loop, warmup_totals)
 
-    flat_draws, stats = jax.tree_util.tree_map(lambda x: np.swapaxes(x, 0, 1), run.outputs)  # (chains, draws, ...)
-    seconds = {"compile": loop.compile_seconds, "warmup": warm.seconds, "sampling": run.seconds}
-    seconds["total"] = time.perf_counter() - tic_total
-    return SamplingResults.from_flat_draws(
-        model=model,
-        method=method,
-        flat_draws=flat_draws,
-        sample_stats=stats,
-        warmup=warmup,
-        seconds=seconds,
-        tuning=tuner.report(final_params),
-        warmup_acceptance_rate=float(np.mean(warmup_acceptance) / warmup) if warmup else None,
-    )
+
+def _reported_stats(sampler: Sampler, model: Model, log_density_fn: Callable, kernel: Callable) -> set:
+    """The names of the per-draw statistics the sampler reports (from shapes only; nothing runs)."""
+    flat = model.ravel(model.init_position)
+
+    def one_step(key):
+        state = sampler.init(flat, log_density_fn(flat), log_density_fn)
+        tuner_state = sampler.tuner.init(key, state, log_density_fn)
+        state, info = kernel(key, state, sampler.tuner.params(tuner_state))
+        return sampler.stats(info, state)
+
+    return set(jax.eval_shape(one_step, jax.random.key(0)))

@@ -130,6 +130,7 @@ def gradient_sampler(
     target_acceptance: float,
     mass_matrix: str,
     step_size: float | None,
+    settings: dict | None = None,
 ) -> Sampler:
     """A gradient kernel with Stan's windowed warm-up, for the driver; the kernel's options
     (``step_size``, ``mass_matrix``, ``target_acceptance``) checked here, once for all."""
@@ -144,4 +145,5 @@ def gradient_sampler(
         tuner=tuner(dimension, dtype, target_acceptance=target_acceptance, mass_matrix=mass_matrix,
                     initial_step_size=step_size),
         stats=stats,
+        settings={"target_acceptance": target_acceptance, "mass_matrix": mass_matrix, **(settings or {})},
     )

@@ -13,6 +13,7 @@ from elbox.errors import ModelError
 from elbox.model import Model
 
 _BUILDERS: dict[str, Callable[[], Model]] = {}
+_BUILT: dict[str, Model] = {}
 _SUMMARIES: dict[str, str] = {}
 
 
@@ -43,7 +44,9 @@ def get(name: str) -> Model:
             f"Unknown model {name!r}.{hint} Built-in models: {', '.join(names())}. "
             "A model in a file is named as path/to/file.py:NAME."
         )
-    return _BUILDERS[name]()
+    if name not in _BUILT:  # built once per process; its compiled programs stay with it
+        _BUILT[name] = _BUILDERS[name]()
+    return _BUILT[name]
 
 
 def summary(name: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from elbox.results import MIN_DRAWS_FOR_DIAGNOSTICS, SamplingResults
 
 
@@ -17,6 +19,13 @@ def sampling_json(results: SamplingResults, model_label: str, seed: int | None) 
         "seconds": {k: round(v, 4) for k, v in results.seconds.items()},
         "acceptance_rate": results.acceptance_rate,
         "divergences": results.divergences,
+        "max_tree_depth_hits": results.max_tree_depth_hits,
+        "ebfmi": None if results.ebfmi is None else [float(v) for v in results.ebfmi],
+        "gradient_evaluations": results.gradient_evaluations,
+        "settings": results.settings,
+        "tuning": {name: np.asarray(value).tolist() for name, value in results.tuning.items()
+                   if np.asarray(value).ndim <= 2},
+        "warnings": results.warnings,
         "parameters": results.parameter_table(),
     }
 
@@ -36,12 +45,22 @@ def sampling_text(results: SamplingResults, model_label: str) -> str:
         f"seconds: compile {seconds['compile']:.2f}, warm-up {seconds['warmup']:.2f}, "
         f"sampling {seconds['sampling']:.2f}, total {seconds['total']:.2f}",
     ]
+    gradients = results.gradient_evaluations
+    if gradients is not None:
+        ess = table["ess_bulk"].min()
+        line = f"gradient evaluations: {gradients['per_draw']:.1f} per draw"
+        if np.isfinite(ess) and ess > 0:
+            line += f", {gradients['sampling'] / ess:.1f} per effective draw (min bulk ESS {ess:.0f})"
+        lines.append(line)
+    if results.divergences is not None:
+        diagnostics = [f"divergences {results.divergences}"]
+        if results.max_tree_depth_hits is not None:
+            diagnostics.append(f"max tree depth hits {results.max_tree_depth_hits}")
+        if results.ebfmi is not None:
+            diagnostics.append("E-BFMI " + " ".join(f"{v:.2f}" for v in results.ebfmi))
+        lines.append(", ".join(diagnostics))
     lines += undefined_diagnostics_notes(results)
-    worst = table["r_hat"].max()
-    if worst > 1.01:
-        lines.append(
-            f"warning: R-hat up to {worst:.3f} (> 1.01): the chains disagree; run longer or check the model."
-        )
+    lines += [f"warning: {warning}" for warning in results.warnings]
     return "\n".join(lines)
 
 
