@@ -1,0 +1,525 @@
+#!/usr/bin/env python
+"""NUTS: elbox against NumPyro and BlackJAX on the same NumPyro models and settings.
+
+All three libraries sample the same NumPyro model function with 4 chains, 1000 warm-up steps
+and 1000 draws per chain, float32, a diagonal mass matrix adapted in Stan's windows, a target
+acceptance of 0.8 and a maximum tree depth of 10:
+
+* elbox: ``elbox.sample(Model.from_numpyro(fn), key, method="nuts", ...)``;
+* NumPyro: ``MCMC(NUTS(fn), num_chains=4, chain_method="vectorized")``, ``mcmc.run``;
+* BlackJAX: the log density is minus NumPyro's ``potential_fn`` from
+  ``numpyro.infer.util.initialize_model`` (the function NumPyro's own NUTS samples);
+  ``blackjax.window_adaptation`` then a ``lax.scan`` of ``blackjax.nuts`` steps, per chain,
+  ``vmap``-ped over the chains inside one ``jit``.
+
+Each measurement runs in a fresh Python process (this script, started again with ``--worker``):
+it times the imports, then the first result (building the model or kernel, compiling, warm-up,
+sampling, and the draws on the host as NumPy arrays), then the same run again in the same
+process with another key. The bulk ESS of every library is computed by ArviZ on the
+constrained draws of the model's latent sites, outside the timings.
+
+Usage:
+    python benchmarks/bench_nuts.py                 # the full run (15-20 minutes on 2 cores)
+    python benchmarks/bench_nuts.py --quick         # a smoke run: eight_schools, few draws, 1 repeat
+    python benchmarks/bench_nuts.py --problems funnel gaussian_100d --repeats 5
+    python benchmarks/bench_nuts.py --worker elbox eight_schools 1000 1000 0   # one raw measurement, seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from _common import device_description, elbox_source_hash, run_worker_process
+
+BENCHMARK = "nuts"
+LIBRARIES = ("elbox", "numpyro", "blackjax")
+PEERS = ("numpyro", "blackjax")
+PROBLEMS = ("eight_schools", "logistic_5000x25", "gaussian_100d", "funnel")
+QUICK_PROBLEMS = ("eight_schools",)
+CHAINS = 4
+WARMUP, DRAWS = 1000, 1000
+QUICK_WARMUP, QUICK_DRAWS = 200, 200
+TARGET_ACCEPTANCE = 0.8
+MAX_TREE_DEPTH = 10
+# The second run of a measurement uses the key of seed + SECOND_RUN_SEED_OFFSET.
+SECOND_RUN_SEED_OFFSET = 1000
+
+# The synthetic logistic regression: N rows, P standard-normal features, drawn once from this seed.
+LOGISTIC_ROWS, LOGISTIC_FEATURES, LOGISTIC_SEED = 5000, 25, 20261202
+
+
+# -- the problems: one NumPyro model function each, shared by the three libraries ---------------
+
+
+def logistic_data():
+    """X ~ N(0, 1) of shape (5000, 25); true intercept and coefficients ~ N(0, 1), drawn once;
+    y ~ Bernoulli(sigmoid(intercept + X @ coefficients))."""
+    import numpy as np
+
+    rng = np.random.default_rng(LOGISTIC_SEED)
+    features = rng.standard_normal((LOGISTIC_ROWS, LOGISTIC_FEATURES)).astype(np.float32)
+    intercept = rng.standard_normal()
+    coefficients = rng.standard_normal(LOGISTIC_FEATURES)
+    logits = intercept + features.astype(np.float64) @ coefficients
+    labels = (rng.uniform(size=LOGISTIC_ROWS) < 1 / (1 + np.exp(-logits))).astype(np.float32)
+    return features, labels
+
+
+def logistic_model_function():
+    import numpyro
+    import numpyro.distributions as dist
+
+    features, labels = logistic_data()
+
+    def logistic_regression():
+        """intercept ~ N(0, 1), coefficients ~ N(0, 1) (25), y_i ~ Bernoulli(logit = intercept + x_i . coefficients)."""
+        intercept = numpyro.sample("intercept", dist.Normal(0.0, 1.0))
+        coefficients = numpyro.sample("coefficients", dist.Normal(0.0, 1.0).expand([LOGISTIC_FEATURES]).to_event(1))
+        logits = intercept + features @ coefficients
+        numpyro.sample("y", dist.Bernoulli(logits=logits).to_event(1), obs=labels)
+
+    return logistic_regression
+
+
+def model_function(problem: str):
+    """The NumPyro model function (no arguments, data closed over) of ``problem``: for the
+    built-in problems, the function elbox's registered model is built from."""
+    if problem == "eight_schools":
+        from elbox.models.classic import EIGHT_SCHOOLS_REFERENCE
+        from elbox.models.posteriordb import NUMPYRO_MODELS
+
+        return NUMPYRO_MODELS[EIGHT_SCHOOLS_REFERENCE]
+    if problem == "logistic_5000x25":
+        return logistic_model_function()
+    if problem == "gaussian_100d":
+        from elbox.models.classic import gaussian_100d_numpyro, gaussian_100d_scales
+
+        scales = gaussian_100d_scales()
+
+        def gaussian_100d():
+            gaussian_100d_numpyro(scales)
+
+        return gaussian_100d
+    if problem == "funnel":
+        from elbox.models.classic import funnel_numpyro
+
+        return funnel_numpyro
+    raise ValueError(f"unknown problem {problem!r}; choose from {', '.join(PROBLEMS)}")
+
+
+def latent_sites(fn) -> list[str]:
+    """The names of the model's latent sample sites (not observed, not deterministic)."""
+    from numpyro import handlers
+
+    trace = handlers.trace(handlers.seed(fn, rng_seed=0)).get_trace()
+    return [name for name, site in trace.items() if site["type"] == "sample" and not site["is_observed"]]
+
+
+# -- the three libraries: each gives start(fn, warmup, draws) -> run(key) -> raw results, and
+# extract(raw) -> the draws and statistics as NumPy arrays (outside the timings) ---------------
+
+
+def import_elbox():
+    import jax
+
+    import elbox
+
+    jax.devices()
+    return elbox
+
+
+def start_elbox(elbox, fn, problem, warmup, draws):
+    model = elbox.Model.from_numpyro(fn, name=problem)
+
+    def run(key):
+        return elbox.sample(model, key, method="nuts", chains=CHAINS, warmup=warmup, draws=draws, progress=False,
+                            mass_matrix="diagonal", target_acceptance=TARGET_ACCEPTANCE,
+                            max_tree_depth=MAX_TREE_DEPTH)
+
+    return run
+
+
+def extract_elbox(results, sites):
+    import numpy as np
+
+    stats = results.sample_stats
+    warmup_totals = getattr(results, "warmup_totals", None) or {}
+    warmup_steps = warmup_totals.get("n_steps")
+    return {
+        "posterior": {name: np.asarray(results.posterior[name]) for name in sites},
+        "n_steps": np.asarray(stats["n_steps"]),
+        "diverging": np.asarray(stats["diverging"]),
+        "acceptance": np.asarray(stats["acceptance_rate"]),
+        "warmup_gradients": None if warmup_steps is None else float(np.sum(warmup_steps)),
+        "step_size": np.asarray(results.tuning["step_size"]) if "step_size" in results.tuning else None,
+        "library_seconds": {k: round(float(v), 4) for k, v in results.seconds.items()},
+    }
+
+
+def import_numpyro():
+    import jax
+    import numpyro  # noqa: F401
+    from numpyro.infer import MCMC, NUTS
+
+    jax.devices()
+    return MCMC, NUTS
+
+
+def start_numpyro(imported, fn, problem, warmup, draws):
+    import jax
+    import numpy as np
+
+    MCMC, NUTS = imported
+    kernel = NUTS(fn, dense_mass=False, target_accept_prob=TARGET_ACCEPTANCE, max_tree_depth=MAX_TREE_DEPTH)
+    mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=CHAINS, chain_method="vectorized",
+                progress_bar=False)
+
+    def run(key):
+        mcmc.run(key, extra_fields=("num_steps", "accept_prob"))
+        samples = jax.tree_util.tree_map(np.asarray, mcmc.get_samples(group_by_chain=True))
+        extra = jax.tree_util.tree_map(np.asarray, mcmc.get_extra_fields(group_by_chain=True))
+        return samples, extra, np.asarray(mcmc.last_state.adapt_state.step_size)
+
+    return run
+
+
+def extract_numpyro(raw, sites):
+    samples, extra, step_size = raw
+    return {
+        "posterior": {name: samples[name] for name in sites},
+        "n_steps": extra["num_steps"],
+        "diverging": extra["diverging"],
+        "acceptance": extra["accept_prob"],
+        "warmup_gradients": None,  # mcmc.run keeps no warm-up statistics
+        "step_size": step_size,
+        "library_seconds": None,
+    }
+
+
+def import_blackjax():
+    import blackjax
+    import jax
+    from numpyro.infer.util import initialize_model
+
+    jax.devices()
+    return blackjax, initialize_model
+
+
+def start_blackjax(imported, fn, problem, warmup, draws):
+    import jax
+    import jax.numpy as jnp
+
+    blackjax, initialize_model = imported
+    # NumPyro's own unconstrained log density of the model (the function its NUTS samples) and
+    # its map back to the constrained sites; the key only fixes a template position.
+    info, potential_fn, postprocess_fn, _ = initialize_model(jax.random.key(0), fn)
+    template = info.z
+
+    def log_density(position):
+        return -potential_fn(position)
+
+    adaptation = blackjax.window_adaptation(blackjax.nuts, log_density, is_mass_matrix_diagonal=True,
+                                            target_acceptance_rate=TARGET_ACCEPTANCE,
+                                            max_num_doublings=MAX_TREE_DEPTH)
+
+    def one_chain(key):
+        key_init, key_warmup, key_sampling = jax.random.split(key, 3)
+        # A uniform draw in [-2, 2] on each unconstrained coordinate, as NumPyro's init_to_uniform.
+        leaves, treedef = jax.tree_util.tree_flatten(template)
+        keys = jax.random.split(key_init, len(leaves))
+        position = jax.tree_util.tree_unflatten(
+            treedef, [jax.random.uniform(k, jnp.shape(x), jnp.result_type(x), -2.0, 2.0) for k, x in zip(keys, leaves)])
+        (state, parameters), warmup_info = adaptation.run(key_warmup, position, num_steps=warmup)
+        step = blackjax.nuts(log_density, **parameters).step
+
+        def body(state, step_key):
+            state, step_info = step(step_key, state)
+            return state, (state.position, step_info.num_integration_steps, step_info.is_divergent,
+                           step_info.acceptance_rate)
+
+        _, (positions, n_steps, diverging, acceptance) = jax.lax.scan(
+            body, state, jax.random.split(key_sampling, draws))
+        constrained = jax.vmap(postprocess_fn)(positions)
+        warmup_gradients = jnp.sum(warmup_info.info.num_integration_steps)
+        return constrained, n_steps, diverging, acceptance, warmup_gradients, parameters["step_size"]
+
+    def run_chains(key):
+        return jax.vmap(one_chain)(jax.random.split(key, CHAINS))
+
+    compiled = {}
+
+    def run(key):
+        import numpy as np
+
+        if "run" not in compiled:
+            tic = time.perf_counter()
+            compiled["run"] = jax.jit(run_chains).lower(key).compile()
+            compiled["seconds"] = time.perf_counter() - tic
+            compile_seconds = compiled["seconds"]
+        else:
+            compile_seconds = 0.0
+        tic = time.perf_counter()
+        outputs = jax.block_until_ready(compiled["run"](key))
+        run_seconds = time.perf_counter() - tic
+        return jax.tree_util.tree_map(np.asarray, outputs), {"compile": round(compile_seconds, 4),
+                                                              "run": round(run_seconds, 4)}
+
+    return run
+
+
+def extract_blackjax(raw, sites):
+    import numpy as np
+
+    (constrained, n_steps, diverging, acceptance, warmup_gradients, step_size), seconds = raw
+    return {
+        "posterior": {name: constrained[name] for name in sites},
+        "n_steps": n_steps,
+        "diverging": diverging,
+        "acceptance": acceptance,
+        "warmup_gradients": float(np.sum(warmup_gradients)),
+        "step_size": step_size,
+        "library_seconds": seconds,
+    }
+
+
+LIBRARY_FUNCTIONS = {
+    "elbox": (import_elbox, start_elbox, extract_elbox),
+    "numpyro": (import_numpyro, start_numpyro, extract_numpyro),
+    "blackjax": (import_blackjax, start_blackjax, extract_blackjax),
+}
+
+
+def library_version(library: str) -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version(library)
+
+
+# -- the worker: one measurement in a fresh process -----------------------------------------------
+
+
+def diagnostics_of(extracted: dict, warmup: int, draws: int) -> dict:
+    """Min bulk ESS and max R-hat over every coordinate of the latent sites (ArviZ), gradient
+    evaluations, divergences and mean acceptance."""
+    import numpy as np
+
+    from elbox import arviz_compat
+
+    container = arviz_compat.from_dict(extracted["posterior"])
+    computed = arviz_compat.diagnostics(container)
+    ess = min(float(np.min(computed["ess_bulk"][name].values)) for name in extracted["posterior"])
+    r_hat = max(float(np.max(computed["r_hat"][name].values)) for name in extracted["posterior"])
+    step_size = extracted["step_size"]
+    warmup_gradients = extracted["warmup_gradients"]
+    return {
+        "min_ess_bulk": ess,
+        "max_r_hat": r_hat,
+        "gradients_per_draw": float(np.mean(extracted["n_steps"])),
+        "warmup_gradients_per_step": None if warmup_gradients is None else warmup_gradients / (CHAINS * warmup),
+        "divergences": int(np.sum(extracted["diverging"])),
+        "mean_acceptance": float(np.mean(extracted["acceptance"])),
+        "step_size": None if step_size is None else [round(float(s), 5) for s in np.ravel(step_size)],
+        "library_seconds": extracted["library_seconds"],
+        "finite_draws": bool(all(np.isfinite(v).all() for v in extracted["posterior"].values())),
+    }
+
+
+def run_worker(library: str, problem: str, warmup: int, draws: int, seed: int) -> dict:
+    import_library, start, extract = LIBRARY_FUNCTIONS[library]
+    tic = time.perf_counter()
+    imported = import_library()
+    import_seconds = time.perf_counter() - tic
+
+    # Outside the timings: the model function (for the built-in problems this imports elbox's
+    # model modules), the keys, and the names of the latent sites.
+    import jax
+
+    fn = model_function(problem)
+    sites = latent_sites(fn)
+    first_key, second_key = jax.random.key(seed), jax.random.key(seed + SECOND_RUN_SEED_OFFSET)
+
+    tic = time.perf_counter()
+    run = start(imported, fn, problem, warmup, draws)
+    setup_seconds = time.perf_counter() - tic
+    raw = run(first_key)
+    first_seconds = time.perf_counter() - tic
+    first = diagnostics_of(extract(raw, sites), warmup, draws)
+    del raw
+
+    tic = time.perf_counter()
+    raw = run(second_key)
+    second_seconds = time.perf_counter() - tic
+    second = diagnostics_of(extract(raw, sites), warmup, draws)
+
+    return {
+        "library": library,
+        "problem": problem,
+        "version": library_version(library),
+        "chains": CHAINS,
+        "warmup": warmup,
+        "draws": draws,
+        "seed": seed,
+        "import_seconds": import_seconds,
+        "setup_seconds": setup_seconds,
+        "first_result_seconds": first_seconds,
+        "first_result_with_import_seconds": import_seconds + first_seconds,
+        "second_run_seconds": second_seconds,
+        "ess_per_second": second["min_ess_bulk"] / second_seconds,
+        "ess_per_second_first": first["min_ess_bulk"] / first_seconds,
+        "first": first,
+        "second": second,
+        "device": device_description(),
+        "elbox_source": elbox_source_hash(),
+    }
+
+
+# -- driver ----------------------------------------------------------------------------------------
+
+
+def measure(library: str, problem: str, warmup: int, draws: int, seed: int, timeout: float) -> dict:
+    """One measurement in a fresh Python process; a failure comes back as ``{"error": ...}``."""
+    try:
+        return run_worker_process(__file__, [library, problem, warmup, draws, seed], timeout,
+                                  f"{library}, {problem}, seed {seed}")
+    except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as err:
+        return {"library": library, "problem": problem, "seed": seed, "error": str(err)[-2000:]}
+
+
+# Per-run fields whose median over the repeats each (problem, library) line reports.
+TOP_FIELDS = ("import_seconds", "setup_seconds", "first_result_seconds", "first_result_with_import_seconds",
+              "second_run_seconds", "ess_per_second", "ess_per_second_first")
+RUN_FIELDS = ("min_ess_bulk", "max_r_hat", "gradients_per_draw", "warmup_gradients_per_step", "divergences",
+              "mean_acceptance")
+
+
+def median_or_none(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def rounded(value, digits=4):
+    return None if value is None else round(value, digits)
+
+
+def library_line(problem: str, library: str, runs: list, failures: list, repeats: int) -> dict:
+    line = {"benchmark": BENCHMARK, "problem": problem, "library": library, "repeats": repeats,
+            "succeeded": len(runs), "failures": [f["error"] for f in failures]}
+    if runs:
+        line["version"] = runs[0]["version"]
+        line.update(chains=runs[0]["chains"], warmup=runs[0]["warmup"], draws=runs[0]["draws"])
+    for field in TOP_FIELDS:
+        line[field] = rounded(median_or_none([r[field] for r in runs]))
+    for which in ("first", "second"):
+        for field in RUN_FIELDS:
+            line[f"{which}_{field}"] = rounded(median_or_none([r[which][field] for r in runs]))
+        line[f"{which}_finite_draws"] = all(r[which]["finite_draws"] for r in runs) if runs else None
+    line["step_size_first"] = runs[0]["first"]["step_size"] if runs else None
+    # The library's own split of the time (elbox: results.seconds; BlackJAX: compile and run of
+    # the jitted function; NumPyro: none), for each repeat.
+    line["library_seconds"] = [{"first": r["first"]["library_seconds"], "second": r["second"]["library_seconds"]}
+                               for r in runs]
+    line["device"] = runs[0]["device"] if runs else None
+    line["elbox_source"] = ",".join(sorted({r["elbox_source"] for r in runs}))
+    return line
+
+
+def summary_line(problem: str, lines: dict) -> dict:
+    """elbox against the best peer: ESS/s ratios (> 1: elbox gets more effective draws per second)
+    and time ratios (< 1: elbox gives its first result sooner)."""
+
+    def best(field, pick):
+        values = {lib: lines[lib][field] for lib in PEERS if lines[lib].get(field) is not None}
+        if not values:
+            return None, None
+        peer = pick(values, key=values.get)
+        return peer, values[peer]
+
+    summary = {"benchmark": BENCHMARK, "problem": problem, "summary": True}
+    elbox = lines["elbox"]
+    for field, pick, name in (
+        ("ess_per_second", max, "ess_per_second_ratio"),
+        ("ess_per_second_first", max, "ess_per_second_first_ratio"),
+        ("first_result_seconds", min, "first_result_ratio"),
+        ("first_result_with_import_seconds", min, "first_result_with_import_ratio"),
+        ("second_run_seconds", min, "second_run_ratio"),
+    ):
+        peer, value = best(field, pick)
+        mine = elbox.get(field)
+        summary[name] = None if mine is None or not value else round(mine / value, 4)
+        summary[f"{name}_peer"] = peer
+    summary["elbox_failures"] = len(elbox["failures"])
+    return summary
+
+
+def compare(problem: str, warmup: int, draws: int, repeats: int, timeout: float) -> list:
+    runs = {library: [] for library in LIBRARIES}
+    failures = {library: [] for library in LIBRARIES}
+    for repeat in range(repeats):
+        # Rotate which library goes first, so slow drifts of the machine hit all alike.
+        order = LIBRARIES[repeat % 3:] + LIBRARIES[:repeat % 3]
+        for library in order:
+            result = measure(library, problem, warmup, draws, repeat, timeout)
+            if "error" in result:
+                failures[library].append(result)
+                print(f"  [{problem} repeat {repeat + 1}/{repeats}] {library:8s} FAILED: "
+                      f"{result['error'].strip().splitlines()[-1] if result['error'].strip() else '?'}",
+                      file=sys.stderr, flush=True)
+                continue
+            runs[library].append(result)
+            print(
+                f"  [{problem} repeat {repeat + 1}/{repeats}] {library:8s} import {result['import_seconds']:.2f} s  "
+                f"first {result['first_result_seconds']:.2f} s  second {result['second_run_seconds']:.2f} s  "
+                f"min ESS {result['second']['min_ess_bulk']:.0f}  ESS/s {result['ess_per_second']:.1f}  "
+                f"grads/draw {result['second']['gradients_per_draw']:.1f}  "
+                f"divergences {result['second']['divergences']}",
+                file=sys.stderr, flush=True,
+            )
+    lines = {library: library_line(problem, library, runs[library], failures[library], repeats)
+             for library in LIBRARIES}
+    return [lines[library] for library in LIBRARIES] + [summary_line(problem, lines)]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a fast smoke run: eight_schools, {QUICK_WARMUP} warm-up steps and draws, 1 repeat")
+    parser.add_argument("--problems", nargs="+", choices=PROBLEMS, help=f"default: {', '.join(PROBLEMS)}")
+    parser.add_argument("--repeats", type=int, help="fresh-process repeats per library (default 3; 1 with --quick)")
+    parser.add_argument("--warmup", type=int, help=f"warm-up steps per chain (default {WARMUP})")
+    parser.add_argument("--draws", type=int, help=f"draws per chain (default {DRAWS})")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed for one worker process")
+    parser.add_argument(
+        "--worker", nargs=5, metavar=("LIBRARY", "PROBLEM", "WARMUP", "DRAWS", "SEED"),
+        help="internal: run one measurement (LIBRARY is elbox, numpyro or blackjax) and print it as JSON",
+    )
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        library, problem, warmup, draws, seed = args.worker
+        if library not in LIBRARY_FUNCTIONS:
+            parser.error(f"unknown library {library!r}; choose from {', '.join(LIBRARY_FUNCTIONS)}")
+        print(json.dumps(run_worker(library, problem, int(warmup), int(draws), int(seed))), flush=True)
+        return
+
+    problems = args.problems or (QUICK_PROBLEMS if args.quick else PROBLEMS)
+    warmup = args.warmup or (QUICK_WARMUP if args.quick else WARMUP)
+    draws = args.draws or (QUICK_DRAWS if args.quick else DRAWS)
+    repeats = args.repeats or (1 if args.quick else 3)
+    tic = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    for problem in problems:
+        for line in compare(problem, warmup, draws, repeats, args.timeout):
+            if line.get("summary"):
+                line["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+            print(json.dumps(line), flush=True)
+    print(f"total wall time {time.perf_counter() - tic:.1f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
