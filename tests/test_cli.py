@@ -168,7 +168,7 @@ def test_tour_runs_and_fills_its_folder(tmp_path):
     rows = report["mh_conjugate"]["convergence"]
     # The histogram gets closer to the exact posterior as draws grow (first vs last row).
     assert rows[-1]["ks_distance"] < rows[0]["ks_distance"]
-    for name in ["mh_conjugate_histograms.png", "mh_eight_schools_trace.png", "mh_conjugate.md"]:
+    for name in ["mh_conjugate_histograms.png", "nuts_eight_schools_trace.png", "mh_conjugate.md"]:
         assert (out / name).stat().st_size > 0
 
 

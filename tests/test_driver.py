@@ -77,3 +77,73 @@ def test_a_sampler_refuses_options_it_does_not_take(with_toy):
     with pytest.raises(elbox.SettingsError, match="scale"):
         elbox.sample("normal_normal", jax.random.key(0), method="toy", scale=0.5, chains=2, warmup=10, draws=10,
                      progress=False)
+
+
+def _counting_model():
+    """A 3-d standard normal whose log density counts how often JAX traces it."""
+    traces = []
+
+    def log_density(u):
+        traces.append(1)  # runs at trace time only: a compiled call does not run Python
+        return -0.5 * jnp.sum(u["z"] ** 2)
+
+    return elbox.Model.from_log_density(log_density, {"z": jnp.zeros(3)}, name="counting"), traces
+
+
+@pytest.mark.parametrize("method", ["nuts", "mh"])
+def test_a_second_sample_traces_nothing(method):
+    model, traces = _counting_model()
+    settings = dict(method=method, chains=2, warmup=30, draws=20, progress=False)
+    first = elbox.sample(model, jax.random.key(0), **settings)
+    traced = len(traces)
+    assert traced > 0 and first.seconds["compile"] > 0
+    second = elbox.sample(model, jax.random.key(1), **settings)
+    assert len(traces) == traced, "the second call traced the log density again"
+    assert second.seconds["compile"] == 0.0
+    assert not np.array_equal(first.posterior["z"].values, second.posterior["z"].values)
+    # Other settings are another program.
+    elbox.sample(model, jax.random.key(1), **{**settings, "chains": 3})
+    assert len(traces) > traced
+
+
+def test_sequential_chains_match_vectorized_ones():
+    # The same per-chain keys: the same draws up to floating-point rounding, which a short run
+    # on a 1-d model keeps far below the posterior's scale (sd 0.45).
+    settings = dict(chains=3, warmup=30, draws=10, progress=False)
+    vectorized = elbox.sample("normal_normal", jax.random.key(4), **settings)
+    sequential = elbox.sample("normal_normal", jax.random.key(4), chain_method="sequential", **settings)
+    np.testing.assert_allclose(sequential.posterior["mu"].values, vectorized.posterior["mu"].values, atol=1e-4)
+
+
+SHARDED = """
+import os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+import jax, numpy as np, elbox
+assert len(jax.devices()) == 2
+settings = dict(chains=4, warmup=200, draws=100, progress=False)
+one = elbox.sample("eight_schools", jax.random.key(0), devices=1, **settings)
+two = elbox.sample("eight_schools", jax.random.key(0), **settings)
+assert len(two.posterior["mu"].values) == 4
+for name in ("mu", "tau", "theta_trans"):
+    np.testing.assert_array_equal(one.posterior[name].values, two.posterior[name].values)
+np.testing.assert_array_equal(one.tuning["step_size"], two.tuning["step_size"])
+try:
+    elbox.sample("eight_schools", jax.random.key(0), chains=3, devices=2, **{k: v for k, v in settings.items()
+                                                                              if k != "chains"})
+except elbox.SettingsError as error:
+    assert "multiple of the devices" in str(error)
+else:
+    raise AssertionError("3 chains over 2 devices should be refused")
+print("ok")
+"""
+
+
+def test_chains_split_over_two_cpu_devices_give_the_same_draws(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "sharded.py"
+    script.write_text(SHARDED)
+    completed = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.strip().endswith("ok")

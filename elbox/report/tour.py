@@ -33,8 +33,8 @@ def run_tour(out: Path, seed: int = 0, echo: Callable[[str], None] = print) -> P
     report = {
         "seed": seed,
         "mh_conjugate": mh_conjugate_section(out, key_conjugate, echo),
-        "mh_eight_schools": mh_eight_schools_section(out, key_schools, echo, keep=schools_results),
-        "vi": vi_section(out, key_vi, echo, mcmc=schools_results["mh"]),
+        "mcmc_eight_schools": mcmc_eight_schools_section(out, key_schools, echo, keep=schools_results),
+        "vi": vi_section(out, key_vi, echo, mcmc=schools_results["nuts"]),
         "diffusion": diffusion_section(out, seed, echo),
     }
     report["seconds"] = time.perf_counter() - tic
@@ -53,7 +53,8 @@ def mh_conjugate_section(out: Path, key, echo) -> dict:
     echo(f"normal_normal: {20} normal observations with known sd, unknown mean mu.")
     echo(f"Exact posterior: mu | x ~ N({mean:.4f}, {sd:.4f}^2); exact log p(x) = {model.known.log_evidence:.4f}")
     chains = 4
-    results = sample(model, key, chains=chains, warmup=1000, draws=max(CONVERGENCE_DRAWS), progress=False)
+    results = sample(model, key, method="mh", chains=chains, warmup=1000, draws=max(CONVERGENCE_DRAWS),
+                     progress=False)
     draws = np.asarray(results.posterior["mu"])  # (chains, draws)
     exact = stats.norm(mean, sd)
     rows = []
@@ -98,11 +99,40 @@ def _plot_convergence(draws: np.ndarray, exact, path: Path):
     plt.close(figure)
 
 
-# -- 2. MH on eight schools against the posteriordb reference ------------------------------------
-def mh_eight_schools_section(out: Path, key, echo, keep: dict) -> dict:
+# -- 2. MH against NUTS on eight schools: effective draws per second and per gradient ------------
+def mcmc_eight_schools_section(out: Path, key, echo, keep: dict) -> dict:
     model = get("eight_schools")
-    echo("== 2. Metropolis-Hastings on eight schools (non-centred) ==")
-    results = sample(model, key, chains=4, warmup=2000, draws=20_000, progress=False)
+    echo("== 2. Metropolis-Hastings against NUTS on eight schools (non-centred) ==")
+    key_mh, key_nuts = jax.random.split(key)
+    runs = {
+        "mh": sample(model, key_mh, method="mh", chains=4, warmup=2000, draws=20_000, progress=False),
+        "nuts": sample(model, key_nuts, method="nuts", chains=4, warmup=1000, draws=1000, progress=False),
+    }
+    speed = []
+    for method, results in runs.items():
+        ess = float(results.summary()["ess_bulk"].min())
+        seconds = results.seconds["warmup"] + results.seconds["sampling"]
+        gradients = results.gradient_evaluations
+        speed.append({
+            "method": method, "draws_per_chain": results.draws, "min_ess_bulk": ess,
+            "seconds": seconds, "compile_seconds": results.seconds["compile"], "ess_per_second": ess / seconds,
+            "gradient_evaluations": None if gradients is None else gradients["warmup"] + gradients["sampling"],
+            "gradients_per_effective_draw": None if gradients is None else gradients["sampling"] / ess,
+            "divergences": results.divergences,
+        })
+    echo("Same model, 4 chains each; seconds are warm-up + sampling (compilation apart). MH needs no")
+    echo("gradient but many more steps per effective draw; NUTS pays in gradients and wins per second:")
+    speed_table = _markdown_table(
+        ["sampler", "draws/chain", "min bulk ESS", "seconds", "ESS/s", "gradients", "gradients/ESS", "divergences"],
+        [[r["method"], r["draws_per_chain"], f"{r['min_ess_bulk']:.0f}", f"{r['seconds']:.2f}",
+          f"{r['ess_per_second']:.0f}",
+          "-" if r["gradient_evaluations"] is None else f"{r['gradient_evaluations']:.0f}",
+          "-" if r["gradients_per_effective_draw"] is None else f"{r['gradients_per_effective_draw']:.1f}",
+          "-" if r["divergences"] is None else r["divergences"]] for r in speed],
+    )
+    echo(speed_table + "\n")
+
+    results = runs["nuts"]
     summary = results.summary()
     known = model.known
     rows = []
@@ -118,20 +148,19 @@ def mh_eight_schools_section(out: Path, key, echo, keep: dict) -> dict:
             "ess_bulk": float(row["ess_bulk"]),
             "r_hat": float(row["r_hat"]),
         })
-    echo(f"4 chains x 20000 draws, acceptance rate {results.acceptance_rate:.3f}, "
-         f"{results.seconds['total']:.1f} s in all ({results.seconds['compile']:.1f} s compiling).")
-    echo("Against the posteriordb reference (z = (mean - reference) / MCSE; |z| < 3 expected):")
+    echo("NUTS against the posteriordb reference (z = (mean - reference) / MCSE; |z| < 3 expected):")
     table = _markdown_table(
         ["parameter", "mean", "reference", "z", "sd", "reference sd", "ESS", "R-hat"],
         [[r["parameter"], f"{r['mean']:.3f}", f"{r['reference_mean']:.3f}", f"{r['z']:+.2f}",
           f"{r['sd']:.3f}", f"{r['reference_sd']:.3f}", f"{r['ess_bulk']:.0f}", f"{r['r_hat']:.3f}"] for r in rows],
     )
     echo(table + "\n")
-    (out / "mh_eight_schools.md").write_text(table + "\n")
-    trace_plot(results, out / "mh_eight_schools_trace.png")
-    keep["mh"] = results
-    return {"model": "eight_schools", "acceptance_rate": results.acceptance_rate,
-            "seconds": results.seconds, "parameters": rows}
+    for warning in results.warnings:
+        echo(f"warning: {warning}")
+    (out / "mcmc_eight_schools.md").write_text(speed_table + "\n\n" + table + "\n")
+    trace_plot(results, out / "nuts_eight_schools_trace.png")
+    keep["nuts"] = results
+    return {"model": "eight_schools", "speed": speed, "nuts_parameters": rows, "nuts_warnings": results.warnings}
 
 
 # -- 3. Variational inference: the bound, the evidence and the gap --------------------------------
@@ -180,7 +209,7 @@ def vi_section(out: Path, key, echo, mcmc) -> dict:
                for m in ("meanfield", "fullrank")]
     marginals_plot(schools, mcmc, out / "vi_marginals_eight_schools.png")
     echo("eight schools: ELBO " + ", ".join(f"{f.method} {f.elbo.value:.3f} ± {f.elbo.stderr:.3f}" for f in schools)
-         + "; log p(x) unknown. q's marginals over the MH histogram: vi_marginals_eight_schools.png\n")
+         + "; log p(x) unknown. q's marginals over the NUTS histogram: vi_marginals_eight_schools.png\n")
     return {"fits": rows, "eight_schools": [{"method": f.method, "elbo": f.elbo.as_dict()} for f in schools]}
 
 
