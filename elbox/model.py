@@ -157,7 +157,11 @@ class Model:
     def program(self, key, build: Callable):
         """The program ``key`` (a compiled function, a driver's loop) of this model, made by
         ``build()`` the first time it is asked for and kept with the model: a second run with the
-        same settings and shapes reuses it instead of tracing and compiling again."""
+        same settings and shapes reuses it instead of tracing and compiling again. A ``None``
+        key (settings that cannot be compared, such as a user's function) builds a program
+        that is not kept."""
+        if key is None:
+            return build()
         if key not in self._programs:
             self._programs[key] = build()
         return self._programs[key]

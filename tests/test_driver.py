@@ -147,3 +147,15 @@ def test_chains_split_over_two_cpu_devices_give_the_same_draws(tmp_path):
     completed = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert completed.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize("method", ["meanfield", "fullrank"])
+def test_a_second_fit_traces_nothing(method):
+    model, traces = _counting_model()
+    first = elbox.fit(model, jax.random.key(0), method=method, steps=300, eval_samples=64, progress=False)
+    traced = len(traces)
+    assert traced > 0 and first.seconds["compile"] > 0
+    second = elbox.fit(model, jax.random.key(1), method=method, steps=300, eval_samples=64, progress=False)
+    assert len(traces) == traced, "the second fit traced the log density again"
+    assert second.seconds["compile"] == 0.0
+    assert second.elbo.value != first.elbo.value

@@ -181,13 +181,13 @@ class _Program(NamedTuple):
 
 
 def _program_key(method, options, chains, warmup, chunk_size, chain_method, mesh):
-    """A key for the model's program cache, or a fresh object (never reused) when an option
-    cannot be hashed (an array)."""
+    """A key for the model's program cache, or None (not kept) when an option cannot be hashed
+    (an array)."""
     try:
         frozen = tuple(sorted(options.items()))
         hash(frozen)
     except TypeError:
-        return object()
+        return None
     devices = None if mesh is None else tuple(d.id for d in mesh.devices.flat)
     return ("sample", method, frozen, chains, warmup, chunk_size, chain_method, devices)
 

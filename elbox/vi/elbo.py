@@ -131,7 +131,9 @@ def evaluate_elbo(key, model, family, params, num_samples: int = 4096, keep_draw
     headline estimate (a dict of arrays with leading axis ``num_samples``).
     """
     key_elbo, key_a, key_b = jax.random.split(key, 3)
-    draws = DrawTerms(model, family, num_samples)
+    # Kept with the model, per family kind and size: a second fit evaluates without compiling.
+    draws = model.program(("elbo_draws", type(family).__name__, _family_signature(family), num_samples),
+                          lambda: DrawTerms(model, family, num_samples))
     first = draws(key_elbo, params)
     elbo = mean_and_stderr(first["log_joint"] - first["log_q"])
 
@@ -178,6 +180,12 @@ def loglik_minus_kl(key, model, family, params, num_samples: int = 4096, draws: 
     return mean_and_stderr(log_lik - (log_q - log_prior)), expected_ll, kl, "monte carlo"
 
 
+def _family_signature(family) -> tuple:
+    """What fixes a family's compiled functions: its kind and settings (not its parameters)."""
+    return tuple(sorted((name, value) for name, value in vars(family).items()
+                        if isinstance(value, int | float | str | bool)))
+
+
 class DrawTerms:
     """Per-draw log densities for ``num_samples`` draws u ~ q: log q(u), log p(x, u) and, when
     the model has them, log p(x | u) and log p(u); plus the constrained parameters.
@@ -208,11 +216,12 @@ class DrawTerms:
             return out
 
         self._one_batch = one_batch
+        self._entropy = jax.jit(family.entropy)
         self.family = family
 
     def entropy(self, params):
         """H[q] in closed form (compiled once), or None."""
-        value = jax.jit(self.family.entropy)(params)
+        value = self._entropy(params)
         return None if value is None else float(value)
 
     def gaussian(self, params):
