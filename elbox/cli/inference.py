@@ -10,7 +10,7 @@ from elbox import arviz_compat
 from elbox.cli.common import _count, _positive_float, _probability, _seed, check_outputs, load_model, write_json
 from elbox.errors import SettingsError
 from elbox.mcmc.registry import DEFAULT_METHOD, SAMPLERS
-from elbox.mcmc.window_adaptation import MASS_MATRICES
+from elbox.mcmc.window_adaptation import DEFAULT_MASS_MATRIX, MASS_MATRICES
 from elbox.vi.elbo import ESTIMATORS
 from elbox.vi.fit import METHODS as FIT_METHODS
 
@@ -30,7 +30,7 @@ def add_parsers(commands):
     sample.add_argument("--step-size", type=_positive_float, default=None,
                         help="nuts, hmc, mala: first step size (default: Stan's heuristic)")
     sample.add_argument("--mass-matrix", default=None, choices=list(MASS_MATRICES),
-                        help="nuts, hmc, mala: inverse mass matrix adapted in warm-up (default: diagonal)")
+                        help=f"nuts, hmc, mala: inverse mass matrix of the warm-up (default: {DEFAULT_MASS_MATRIX})")
     sample.add_argument("--max-tree-depth", type=_count(1), default=None,
                         help="nuts: largest number of trajectory doublings (default: 10)")
     sample.add_argument("--num-steps", type=_count(1), default=None,

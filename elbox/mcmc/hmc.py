@@ -26,6 +26,7 @@ from elbox.errors import SettingsError
 from elbox.mcmc import integrators, metric, window_adaptation
 from elbox.mcmc.base import Sampler
 from elbox.mcmc.integrators import GradientState, IntegratorState, StepParams
+from elbox.mcmc.window_adaptation import DEFAULT_MASS_MATRIX
 
 TARGET_ACCEPTANCE = 0.65
 DEFAULT_NUM_STEPS = 10
@@ -87,7 +88,7 @@ def build_kernel(log_density_fn: Callable, num_steps: int | None = None, traject
 
 
 def sampler(dimension: int, dtype, *, step_size: float | None = None, num_steps: int | None = None,
-            trajectory_length: float | None = None, jitter: bool = True, mass_matrix: str = "diagonal",
+            trajectory_length: float | None = None, jitter: bool = True, mass_matrix: str = DEFAULT_MASS_MATRIX,
             target_acceptance: float = TARGET_ACCEPTANCE) -> Sampler:
     """HMC for the driver, with Stan's windowed warm-up of ε and M⁻¹
     (:mod:`elbox.mcmc.window_adaptation`); ``num_steps`` (default 10) or ``trajectory_length``."""

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from elbox.mcmc import integrators, metric, window_adaptation
 from elbox.mcmc.base import Sampler
 from elbox.mcmc.integrators import GradientState, StepParams
+from elbox.mcmc.window_adaptation import DEFAULT_MASS_MATRIX
 
 TARGET_ACCEPTANCE = 0.574
 
@@ -68,7 +69,7 @@ def build_kernel(log_density_fn: Callable) -> Callable:
     return kernel
 
 
-def sampler(dimension: int, dtype, *, step_size: float | None = None, mass_matrix: str = "diagonal",
+def sampler(dimension: int, dtype, *, step_size: float | None = None, mass_matrix: str = DEFAULT_MASS_MATRIX,
             target_acceptance: float = TARGET_ACCEPTANCE) -> Sampler:
     """MALA for the driver, with Stan's windowed warm-up of ε and M⁻¹
     (:mod:`elbox.mcmc.window_adaptation`)."""

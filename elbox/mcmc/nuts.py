@@ -38,6 +38,7 @@ from elbox import checks
 from elbox.mcmc import integrators, metric, window_adaptation
 from elbox.mcmc.base import Sampler
 from elbox.mcmc.integrators import GradientState, IntegratorState, StepParams
+from elbox.mcmc.window_adaptation import DEFAULT_MASS_MATRIX
 
 TARGET_ACCEPTANCE = 0.8
 MAX_TREE_DEPTH = 10
@@ -245,7 +246,7 @@ def build_kernel(log_density_fn: Callable, max_tree_depth: int = MAX_TREE_DEPTH)
 
 
 def sampler(dimension: int, dtype, *, step_size: float | None = None, max_tree_depth: int = MAX_TREE_DEPTH,
-            mass_matrix: str = "diagonal", target_acceptance: float = TARGET_ACCEPTANCE) -> Sampler:
+            mass_matrix: str = DEFAULT_MASS_MATRIX, target_acceptance: float = TARGET_ACCEPTANCE) -> Sampler:
     """NUTS for the driver, with Stan's windowed warm-up of ε and M⁻¹
     (:mod:`elbox.mcmc.window_adaptation`)."""
     max_tree_depth = checks.count("max_tree_depth", max_tree_depth, minimum=1)

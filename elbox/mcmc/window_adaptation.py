@@ -9,13 +9,13 @@ of :mod:`elbox.mcmc.warmup`:
 * the inverse mass matrix M⁻¹ is re-estimated at the end of each slow window from that window's
   draws, and the estimate is used from the next step on. Three estimators:
 
-  - ``"diagonal"`` (Stan): M⁻¹ = diag of the window's regularised variances;
-  - ``"dense"`` (Stan): M⁻¹ = the window's regularised covariance matrix;
-  - ``"diagonal_gradient"`` (nutpie; Seyboldt et al.): M⁻¹_ii = sqrt(var(z_i) / var(g_i)) from
-    the window's draws z *and* gradients g = ∇ log p, which is exact for a Gaussian target
+  - ``"diagonal_gradient"`` (the default; nutpie, Seyboldt et al.): M⁻¹_ii = sqrt(var(z_i) /
+    var(g_i)) from the window's draws z *and* gradients g = ∇ log p, which is exact for a Gaussian target
     (var z_i = σ_i², var g_i = 1/σ_i²) and uses what the gradient kernels compute anyway. Its
     first estimate, before any window has ended, is M⁻¹_ii = 1 / |g_i| at the start (nutpie's),
-    which puts far-apart scales right from the first step.
+    which puts far-apart scales right from the first step;
+  - ``"diagonal"`` (Stan): M⁻¹ = diag of the window's regularised variances;
+  - ``"dense"`` (Stan): M⁻¹ = the window's regularised covariance matrix.
 
 After warm-up the kernel is fixed: ε̄ of the last buffer and the last window's M⁻¹.
 """
@@ -33,7 +33,11 @@ from elbox import checks
 from elbox.mcmc import integrators, step_size, welford
 from elbox.mcmc.base import Sampler, Tuner
 
-MASS_MATRICES = ("diagonal", "dense", "diagonal_gradient")
+MASS_MATRICES = ("diagonal_gradient", "diagonal", "dense")
+# The estimator that needed fewest gradient evaluations per effective draw (warm-up included) on
+# the benchmark problems: 3-5x fewer than Stan's on the 100-d Gaussian, about 2x on the funnel,
+# level on eight schools and logistic regression.
+DEFAULT_MASS_MATRIX = "diagonal_gradient"
 # Bounds on a diagonal estimated from gradients: a coordinate whose gradient does not vary over
 # a window (or vanishes at the start) must not get an infinite or zero mass.
 GRADIENT_DIAGONAL_BOUNDS = (1e-10, 1e10)
@@ -54,7 +58,7 @@ def tuner(
     dtype,
     *,
     target_acceptance: float,
-    mass_matrix: str = "diagonal",
+    mass_matrix: str = DEFAULT_MASS_MATRIX,
     initial_step_size: float | None = None,
 ) -> Tuner:
     """The warm-up of ``StepParams(step_size, inverse_mass)`` for the driver.
