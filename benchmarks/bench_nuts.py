@@ -19,7 +19,7 @@ process with another key. The bulk ESS of every library is computed by ArviZ on 
 constrained draws of the model's latent sites, outside the timings.
 
 Usage:
-    python benchmarks/bench_nuts.py                 # the full run (15-20 minutes on 2 cores)
+    python benchmarks/bench_nuts.py                 # the full run (about 11 minutes on 2 cores)
     python benchmarks/bench_nuts.py --quick         # a smoke run: eight_schools, few draws, 1 repeat
     python benchmarks/bench_nuts.py --problems funnel gaussian_100d --repeats 5
     python benchmarks/bench_nuts.py --worker elbox eight_schools 1000 1000 0   # one raw measurement, seed 0
