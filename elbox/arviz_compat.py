@@ -17,7 +17,10 @@ the user's own ArviZ expects, and reads it only through the functions here:
 
 from __future__ import annotations
 
+import importlib
 import math
+import sys
+import threading
 from importlib import metadata
 from typing import Any
 
@@ -34,6 +37,14 @@ MIN_DRAWS_FOR_DIAGNOSTICS = 4
 # Tail ESS is the smaller ESS of the indicators of these two quantiles (Vehtari et al. 2021).
 TAIL_PROBABILITIES = (0.05, 0.95)
 
+
+
+def import_in_background() -> None:
+    """Start importing ArviZ (about a second) on another thread, where it overlaps with XLA
+    compiling the sampler; the first use then finds it imported (Python's import lock makes a
+    use that comes sooner wait for it)."""
+    if "arviz" not in sys.modules:
+        threading.Thread(target=importlib.import_module, args=("arviz",), daemon=True).start()
 
 def from_dict(posterior: dict[str, Any], sample_stats: dict[str, Any] | None = None):
     """The ArviZ container (``InferenceData`` on 0.23, ``DataTree`` on 1.x) of arrays shaped

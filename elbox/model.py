@@ -147,6 +147,7 @@ class Model:
         self.prior_is_proper = prior_is_proper
         flat, self._unravel = ravel_pytree(self.init_position)
         self.dimension = int(flat.size)
+        self.flat_dtype = flat.dtype  # the dtype of the flat unconstrained vector
         # (mean, variance) of the prior on the flat unconstrained space when it is an
         # independent Gaussian with fixed parameters, for closed-form KL(q || p(z)).
         self.gaussian_prior = gaussian_prior

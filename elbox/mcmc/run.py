@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from elbox import checks
+from elbox import arviz_compat, checks
 from elbox.errors import SettingsError
 from elbox.initialization import initial_positions
 from elbox.loop import ChunkedLoop, choose_chunk_size
@@ -102,6 +102,7 @@ def sample(
         >>> results.summary()
     """
     tic_total = time.perf_counter()
+    arviz_compat.import_in_background()  # the results need it; importing overlaps compilation
     model = resolve(model)
     checks.one_of("method", method, METHODS)
     checks.one_of("chain_method", chain_method, CHAIN_METHODS)
@@ -117,7 +118,7 @@ def sample(
     if refused:
         raise SettingsError(f"{', '.join(refused)} {'is' if len(refused) == 1 else 'are'} not a setting of the "
                             f"{method} sampler; drop {'it' if len(refused) == 1 else 'them'}.")
-    dtype = model.ravel(model.init_position).dtype
+    dtype = model.flat_dtype
     bar = ProgressBar(progress, total=warmup + draws, description=f"{method} {model.name}")
     if chunk_size is None:
         chunk_size = choose_chunk_size([warmup, draws], min_chunks=20 if bar.enabled else 1)
@@ -129,23 +130,19 @@ def sample(
     program = model.program(_program_key(method, options, chains, warmup, chunk_size, chain_method, mesh), build)
     sampler = program.sampler
 
-    key_init, key_warmup, key_sampling = jax.random.split(key, 3)
-    key_tuner = jax.random.fold_in(key_init, 1)
+    key_init, key_warmup, key_sampling, tuner_keys = program.split_key(key)
     positions, log_densities = initial_positions(model, key_init, chains, init)
-    tuner_keys = jax.random.split(key_tuner, chains)
     if mesh is not None:
         positions, log_densities, tuner_keys = jax.device_put((positions, log_densities, tuner_keys),
                                                               NamedSharding(mesh, PartitionSpec("chain")))
-    states, tuner_states = program.start(positions, log_densities, tuner_keys)
-    totals = {name: jnp.zeros(chains, dtype) for name in program.warmup_totals}
-    carry = (states, tuner_states, totals)
+    carry = program.start(positions, log_densities, tuner_keys)
     compiled_before = program.loop.compiled is not None
     with bar:
         bar.phase("warmup")
         warm = program.loop.run(carry, key_warmup, warmup, {"warmup": jnp.bool_(True),
-                                                            "params": program.placeholder(tuner_states)},
+                                                            "params": program.placeholder(carry[1])},
                                 on_chunk=bar.update, keep_outputs=False)
-        states, tuner_states, totals = warm.carry
+        _, tuner_states, totals = warm.carry
         final_params = program.final_params(tuner_states)
         bar.phase("sampling")
         run = program.loop.run(warm.carry, key_sampling, draws, {"warmup": jnp.bool_(False), "params": final_params},
@@ -174,6 +171,7 @@ class _Program(NamedTuple):
     """What a run of one sampler on one model compiles, kept with the model for the next run."""
 
     sampler: Sampler
+    split_key: Callable
     start: Callable
     placeholder: Callable
     final_params: Callable
@@ -236,12 +234,21 @@ def _compile_program(model: Model, sampler: Sampler, chains: int, warmup: int, c
         return tree if by_chain is None else jax.lax.with_sharding_constraint(tree, by_chain)
 
     @jax.jit
+    def split_key(key):
+        """The run's keys: initial positions, warm-up, sampling, and one per chain for its tuner."""
+        key_init, key_warmup, key_sampling = jax.random.split(key, 3)
+        return key_init, key_warmup, key_sampling, jax.random.split(jax.random.fold_in(key_init, 1), chains)
+
+    @jax.jit
     def start(positions, log_densities, keys):
+        """The first carry: kernel and tuner states, and zero warm-up totals."""
         def one_chain(position, log_density, key):
             state = sampler.init(position, log_density, log_density_fn)
             return state, tuner.init(key, state, log_density_fn)
 
-        return constrain(_map_chains(one_chain, chain_method, groups)(positions, log_densities, keys))
+        states, tuner_states = constrain(_map_chains(one_chain, chain_method, groups)(positions, log_densities, keys))
+        totals = {name: jnp.zeros(chains, positions.dtype) for name in warmup_totals}
+        return states, tuner_states, totals
 
     schedule = warmup_schedule(warmup)
     # One trailing entry so that the schedule can be indexed even when warmup == 0.
@@ -277,17 +284,17 @@ def _compile_program(model: Model, sampler: Sampler, chains: int, warmup: int, c
     final_params = jax.jit(lambda ts: constrain(jax.vmap(tuner.final, axis_size=chains)(ts)))
     placeholder = jax.jit(lambda ts: constrain(jax.vmap(tuner.params, axis_size=chains)(ts)))
     loop = ChunkedLoop(step, chunk_size)
-    return _Program(sampler, start, placeholder, final_params, loop, warmup_totals)
+    return _Program(sampler, split_key, start, placeholder, final_params, loop, warmup_totals)
 
 
 def _reported_stats(sampler: Sampler, model: Model, log_density_fn: Callable, kernel: Callable) -> set:
     """The names of the per-draw statistics the sampler reports (from shapes only; nothing runs)."""
-    flat = model.ravel(model.init_position)
-
-    def one_step(key):
+    def one_step():
+        key = jax.random.key(0)
+        flat = model.ravel(model.init_position)
         state = sampler.init(flat, log_density_fn(flat), log_density_fn)
         tuner_state = sampler.tuner.init(key, state, log_density_fn)
         state, info = kernel(key, state, sampler.tuner.params(tuner_state))
         return sampler.stats(info, state)
 
-    return set(jax.eval_shape(one_step, jax.random.key(0)))
+    return set(jax.eval_shape(one_step))
