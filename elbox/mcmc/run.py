@@ -246,9 +246,9 @@ def _compile_program(model: Model, sampler: Sampler, chains: int, warmup: int, c
             state = sampler.init(position, log_density, log_density_fn)
             return state, tuner.init(key, state, log_density_fn)
 
-        states, tuner_states = constrain(_map_chains(one_chain, chain_method, groups)(positions, log_densities, keys))
+        states, tuner_states = _map_chains(one_chain, chain_method, groups)(positions, log_densities, keys)
         totals = {name: jnp.zeros(chains, positions.dtype) for name in warmup_totals}
-        return states, tuner_states, totals
+        return constrain((states, tuner_states, totals))
 
     schedule = warmup_schedule(warmup)
     # One trailing entry so that the schedule can be indexed even when warmup == 0.
