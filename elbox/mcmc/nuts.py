@@ -6,9 +6,10 @@ subtree of 2^j steps from that end (Hoffman & Gelman 2014). It stops when
 
 * the trajectory makes a U-turn: with ρ the sum of the momenta over a (sub)trajectory and
   v = M⁻¹ p at its two ends, v_left·ρ ≤ 0 or v_right·ρ ≤ 0 (Betancourt 2017's generalised
-  criterion). It is checked on every sub-trajectory of the new subtree that the doubling
-  built (a subtree that turns is thrown away whole), on the merged trajectory, and across the
-  seam where the new subtree meets the old one (Stan's additional checks);
+  criterion). It is checked on every sub-trajectory that the doubling built (a subtree that
+  turns is thrown away whole) and on the merged trajectory, each time also across the seam
+  where its two halves meet (each half plus the other's nearest point: Stan's additional
+  checks), so that every state of the final trajectory would have built the same one;
 * or an energy error H − H(start) exceeds 1000 (a divergence: the integrator has left the
   typical set, usually at a region of high curvature);
 * or the depth reaches ``max_tree_depth`` (default 10, at most 2^10 − 1 = 1023 gradient
@@ -19,9 +20,10 @@ sampling, Betancourt 2017): uniformly-progressive within a subtree, and biased t
 subtree when it is merged (accept its draw with probability min(1, W_new / W_old)), which keeps
 the target invariant and moves farther than a plain multinomial draw.
 
-The subtrees are built iteratively (a loop over leaves, not recursion), keeping the momentum and
-momentum sum at the leaves where sub-trajectories begin (at most ``max_tree_depth`` of them), as
-in Phan et al. (2019)'s iterative NUTS, so that the kernel compiles to a pair of while loops.
+The subtrees are built iteratively (a loop over leaves, not recursion), keeping the momentum,
+the momentum sum and the previous leaf's momentum at the leaves where sub-trajectories begin
+(at most ``max_tree_depth`` of them), as in Phan et al. (2019)'s iterative NUTS, so that the
+kernel compiles to a pair of while loops.
 The acceptance statistic (Stan's) is the mean of min(1, exp(H(start) − H)) over all the
 transition's leapfrog steps; dual averaging aims it at 0.8.
 """
@@ -112,7 +114,7 @@ def build_subtree(step, key, start: IntegratorState, direction, depth, start_ene
     init = dict(
         leaf_index=jnp.int32(0), current=start, first=start, proposal=start, proposal_energy=start_energy,
         log_weight=jnp.asarray(-jnp.inf, dtype), momentum_sum=jnp.zeros(dimension, dtype),
-        checkpoint_momenta=checkpoints, checkpoint_sums=checkpoints,
+        checkpoint_momenta=checkpoints, checkpoint_sums=checkpoints, checkpoint_previous=checkpoints,
         turning=jnp.bool_(False), diverging=jnp.bool_(False), acceptance_sum=zero,
     )
 
@@ -133,24 +135,46 @@ def build_subtree(step, key, start: IntegratorState, direction, depth, start_ene
 
         slot_min, slot_max = _checkpoint_range(n)
         even = n % 2 == 0
+        previous = c["current"].momentum  # the leaf before this one (the boundary for leaf 0)
         checkpoint_momenta = jnp.where(even, c["checkpoint_momenta"].at[slot_max].set(leaf.momentum),
                                        c["checkpoint_momenta"])
         checkpoint_sums = jnp.where(even, c["checkpoint_sums"].at[slot_max].set(momentum_sum), c["checkpoint_sums"])
+        checkpoint_previous = jnp.where(even, c["checkpoint_previous"].at[slot_max].set(previous),
+                                        c["checkpoint_previous"])
 
         def check(carry):
+            """The block from the leaf in ``slot`` to this leaf: the U-turn criterion on the whole
+            block, and across the seam of its two halves (Stan's additional checks)."""
             slot, _ = carry
+            start_momentum = checkpoint_momenta[slot]
             # Momenta summed from the checkpoint's leaf to this one.
-            partial_sum = momentum_sum - checkpoint_sums[slot] + checkpoint_momenta[slot]
-            return slot - 1, is_turning(params.inverse_mass, checkpoint_momenta[slot], leaf.momentum, partial_sum)
+            block_sum = momentum_sum - checkpoint_sums[slot] + start_momentum
+            # The right half starts at the next slot's leaf, or is this leaf alone.
+            last = slot == slot_max
+            after = jnp.minimum(slot + 1, max_tree_depth - 1)
+            middle = jnp.where(last, leaf.momentum, checkpoint_momenta[after])
+            before_middle = jnp.where(last, previous, checkpoint_previous[after])
+            sum_to_middle = jnp.where(last, momentum_sum - leaf.momentum, checkpoint_sums[after] - middle)
+            left_sum = sum_to_middle - checkpoint_sums[slot] + start_momentum
+            right_sum = momentum_sum - sum_to_middle
+            inverse_mass = params.inverse_mass
+            turning = (
+                is_turning(inverse_mass, start_momentum, leaf.momentum, block_sum)
+                | is_turning(inverse_mass, start_momentum, middle, left_sum + middle)
+                | is_turning(inverse_mass, before_middle, leaf.momentum, right_sum + before_middle)
+            )
+            return slot - 1, turning
 
         _, turning = jax.lax.while_loop(lambda carry: (carry[0] >= slot_min) & ~carry[1], check,
                                         (slot_max, jnp.bool_(False)))
+        # A divergence ends the subtree first: its leaf is not checked for a U-turn (as in Stan).
+        turning = turning & ~diverging
         return dict(
             leaf_index=n + 1, current=leaf, first=_where(n == 0, leaf, c["first"]),
             proposal=_where(take, leaf, c["proposal"]), proposal_energy=jnp.where(take, energy, c["proposal_energy"]),
             log_weight=log_weight, momentum_sum=momentum_sum,
             checkpoint_momenta=checkpoint_momenta, checkpoint_sums=checkpoint_sums,
-            turning=turning, diverging=diverging,
+            checkpoint_previous=checkpoint_previous, turning=turning, diverging=diverging,
             acceptance_sum=c["acceptance_sum"] + jnp.exp(jnp.minimum(log_weight_leaf, 0.0)),
         )
 
