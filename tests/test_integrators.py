@@ -448,6 +448,35 @@ def test_nuts_trajectory_matches_reference(case):
     assert wanted <= outcomes, outcomes
 
 
+
+def test_nuts_seam_checks_inside_subtrees_match_reference():
+    """On a grid of starts on a standard 2-d Gaussian (max_tree_depth 4, all 16 direction
+    sequences) some trajectories end differently when the seam checks are made inside subtrees
+    too (Stan's rule) than at the top level only: on all of them elbox matches the reference
+    with Stan's rule (ends, steps, depth, turning, log weight)."""
+    log_density, np_log_density, np_grad = gaussian(np.eye(2))
+    run = elbox_trajectory(log_density, 4)
+    rule_matters = 0
+    for z0, p0, eps, directions in itertools.product(
+            [np.array(z) for z in itertools.product([-1.0, 1.0], repeat=2)],
+            [np.array(p) for p in [(1.0, 2.0), (2.0, 1.0), (-1.0, 2.0), (2.0, -1.0)]],
+            [0.25, 0.5], [np.array(d) for d in itertools.product([-1, 1], repeat=4)]):
+        ref = ReferenceNUTS(np_log_density, np_grad, z0, p0, eps, np.ones(2), seams_in_subtrees=True)
+        expected = ref.trajectory(directions, 4)
+        top_only = ReferenceNUTS(np_log_density, np_grad, z0, p0, eps, np.ones(2),
+                                 seams_in_subtrees=False).trajectory(directions, 4)
+        rule_matters += (top_only["lo"], top_only["hi"], top_only["n_steps"]) != (
+            expected["lo"], expected["hi"], expected["n_steps"])
+        tree, info = run(jnp.asarray(z0), jnp.asarray(p0), jnp.asarray(eps), jnp.ones(2), jnp.asarray(directions),
+                         jax.random.key(0))
+        where = f"z0={z0} p0={p0} eps={eps} directions={directions}"
+        assert (int(info.tree_depth), int(info.n_steps), bool(info.turning)) == (
+            expected["tree_depth"], expected["n_steps"], expected["turning"]), where
+        np.testing.assert_allclose(tree.left.position, ref.state(expected["lo"])[0], atol=1e-9, err_msg=where)
+        np.testing.assert_allclose(tree.right.position, ref.state(expected["hi"])[0], atol=1e-9, err_msg=where)
+        np.testing.assert_allclose(tree.log_weight, expected["log_weight"], atol=1e-9, err_msg=where)
+    assert rule_matters >= 4, rule_matters  # 8 of the 512 cases
+
 def test_is_turning():
     inverse_mass = jnp.ones(2)
     rho = jnp.array([1.0, 0.0])
