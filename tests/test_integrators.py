@@ -284,8 +284,10 @@ class ReferenceNUTS:
     * ``subtree(edge, direction, depth)``: 2^depth leaves from ``edge``; a half that is invalid
       (turned or diverged) stops the build; the merged block of two halves is checked with
       v_lo . rho <= 0 or v_hi . rho <= 0, rho the sum of its momenta; with
-      ``seams_in_subtrees`` also the two checks across the seam of the halves (first half plus
-      the second's first leaf, first half's last leaf plus the second half), as Stan does.
+      ``seams_in_subtrees`` (the default; Stan's rule) also the two checks across the seam of
+      the halves (first half plus the second's first leaf, first half's last leaf plus the
+      second half); without it only the top-level merges get them (a rule whose outcome
+      depends on the start: see SEAM_CASE).
     * ``trajectory(directions, max_depth)``: doubling until an invalid subtree (thrown away),
       a turn of the merged trajectory or of either seam extension (kept), or max_depth.
     * a leaf diverges when H - H0 > 1000.
@@ -406,8 +408,8 @@ def direction_sequences(max_tree_depth, rng):
 
 @pytest.mark.parametrize("case", NUTS_CASES, ids=[c[0] for c in NUTS_CASES])
 def test_nuts_trajectory_matches_reference(case):
-    """nuts.build_trajectory with explicit directions against ReferenceNUTS (with the seam checks
-    at the top level only, as nuts.py's docstring describes): depth, leapfrog steps, turning,
+    """nuts.build_trajectory with explicit directions against ReferenceNUTS (Stan's rule: the seam
+    checks in every merge, as nuts.py's docstring describes): depth, leapfrog steps, turning,
     diverging, the trajectory's end positions, log sum of weights over the kept leaves, the
     acceptance statistic (mean of min(1, exp(H0 - H)) over all steps taken), and the draw
     being one of the kept leaves. Both sides compute the same float64 leapfrog states, so
