@@ -186,24 +186,24 @@ def test_an_option_the_sampler_does_not_take_is_named(method, option):
 
 
 # -- eight schools ------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def eight_schools_divergences():
-    """Divergences of NUTS at the defaults (4 chains, 1000 warm-up steps, 1000 draws), key 0, for the
-    centred and the non-centred form of the same posterior."""
-    return {name: elbox.sample(name, jax.random.key(0), progress=False).divergences
-            for name in ["eight_schools_centered", "eight_schools"]}
-
-
-def test_centered_eight_schools_diverges(eight_schools_divergences):
+def test_centered_eight_schools_warns_of_its_divergences():
     """The centred funnel makes NUTS diverge (20 to 110 of 4000 transitions over keys 0-4)."""
-    assert eight_schools_divergences["eight_schools_centered"] > 0
+    results = elbox.sample("eight_schools_centered", jax.random.key(0), progress=False)
+    assert results.divergences > 0
+    assert any("diverged" in warning for warning in results.warnings)
 
 
-@pytest.mark.xfail(strict=False, reason="non-centred eight schools diverges a few times at the defaults, keys 0-4: "
-                                        "5, 1, 0, 0, 0 (diagonal_gradient mass matrix), 1, 0, 5, 0, 1 (diagonal); "
-                                        "NumPyro's NUTS at its defaults on the same model function: 4, 0, 1, 1, 3")
-def test_non_centered_eight_schools_does_not_diverge(eight_schools_divergences):
-    assert eight_schools_divergences["eight_schools"] == 0
+def test_higher_target_acceptance_cures_the_non_centered_form_only():
+    """At the defaults (target 0.8) non-centred eight schools diverges a few times in 4000
+    transitions, as NumPyro's NUTS does on the same model (keys 0-4: elbox 5, 1, 0, 0, 0; NumPyro
+    4, 0, 1, 1, 3). The remedy the warning names, a higher target acceptance (smaller steps),
+    removes them there (0 at 0.9 for keys 0-4), but not in the centred funnel (13-30 at 0.9),
+    whose curvature only a reparameterisation removes."""
+    non_centered = elbox.sample("eight_schools", jax.random.key(0), target_acceptance=0.9, progress=False)
+    assert non_centered.divergences == 0
+    assert not any("diverged" in warning for warning in non_centered.warnings)
+    centered = elbox.sample("eight_schools_centered", jax.random.key(0), target_acceptance=0.9, progress=False)
+    assert centered.divergences > 0
 
 
 # -- slow: gaussian_100d and posteriordb ---------------------------------------------------------------

@@ -360,10 +360,10 @@ class ReferenceNUTS:
             direction = int(directions[depth])
             edge = hi if direction > 0 else lo
             valid, new = self.subtree(edge, direction, depth)
-            depth += 1
-            if not valid:
+            if not valid:  # Stan's treedepth__ counts kept doublings only
                 turning = not self.diverging
                 break
+            depth += 1
             old = list(range(lo, hi + 1)) if direction > 0 else list(range(hi, lo - 1, -1))
             lo, hi = min(lo, *new), max(hi, *new)
             if self.turns(lo, hi) or self.seam_turns(old, new):

@@ -53,7 +53,9 @@ class NUTSInfo(NamedTuple):
     Attributes:
         acceptance_rate: mean of min(1, exp(H(start) − H)) over the transition's leapfrog steps.
         diverging: the trajectory ended on an energy error above 1000.
-        tree_depth: doublings made (including a last subtree that was thrown away).
+        tree_depth: doublings kept (a last subtree thrown away for a U-turn or divergence inside it
+            does not count, as in Stan's ``treedepth__``); ``max_tree_depth`` means the trajectory
+            was cut short.
         n_steps: leapfrog steps (= gradient evaluations).
         energy: H at the chosen state (for E-BFMI).
         turning: the trajectory ended on a U-turn (not on depth or divergence).
@@ -195,8 +197,8 @@ def build_trajectory(step, key, start: IntegratorState, start_energy, params: St
     a divergence or ``max_tree_depth``. Returns ``(trajectory, info)``."""
     dtype = start.position.dtype
     tree = Trajectory(start, start, start, start_energy, jnp.zeros((), dtype), start.momentum)
-    init = dict(depth=jnp.int32(0), tree=tree, n_steps=jnp.int32(0), acceptance_sum=jnp.zeros((), dtype),
-                turning=jnp.bool_(False), diverging=jnp.bool_(False))
+    init = dict(depth=jnp.int32(0), kept_depth=jnp.int32(0), tree=tree, n_steps=jnp.int32(0),
+                acceptance_sum=jnp.zeros((), dtype), turning=jnp.bool_(False), diverging=jnp.bool_(False))
 
     def keep_going(c):
         return (c["depth"] < max_tree_depth) & ~c["turning"] & ~c["diverging"]
@@ -233,6 +235,7 @@ def build_trajectory(step, key, start: IntegratorState, start_energy, params: St
         )
         return dict(
             depth=depth + 1,
+            kept_depth=c["kept_depth"] + valid.astype(jnp.int32),
             tree=_where(valid, merged, tree),
             n_steps=c["n_steps"] + n_steps,
             acceptance_sum=c["acceptance_sum"] + acceptance_sum,
@@ -244,7 +247,7 @@ def build_trajectory(step, key, start: IntegratorState, start_energy, params: St
     info = NUTSInfo(
         acceptance_rate=c["acceptance_sum"] / jnp.maximum(c["n_steps"], 1),
         diverging=c["diverging"],
-        tree_depth=c["depth"],
+        tree_depth=c["kept_depth"],
         n_steps=c["n_steps"],
         energy=c["tree"].proposal_energy,
         turning=c["turning"],

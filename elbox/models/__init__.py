@@ -3,9 +3,9 @@
 ``elbox.models.get(name)`` builds one; ``elbox.models.names()`` lists them.
 """
 
-from elbox.models._registry import describe, get, load_data, names, register, resolve, summary
+from elbox.models._registry import build, describe, get, load_data, names, register, resolve, summary
 
 # Importing the modules registers their models, in this order (kept out of import sorting).
 from elbox.models import conjugate, classic, posteriordb, logistic, mixture  # noqa: F401  # isort: skip
 
-__all__ = ["describe", "get", "load_data", "names", "register", "resolve", "summary"]
+__all__ = ["build", "describe", "get", "load_data", "names", "register", "resolve", "summary"]

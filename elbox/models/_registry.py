@@ -36,7 +36,17 @@ def names() -> list[str]:
 
 
 def get(name: str) -> Model:
-    """The built-in model called ``name`` (see :func:`names`)."""
+    """The built-in model called ``name`` (see :func:`names`), built once per process: the
+    programs compiled for it stay with it, so a second run on it compiles nothing."""
+    if name not in _BUILT:
+        _BUILT[name] = build(name)
+    return _BUILT[name]
+
+
+def build(name: str) -> Model:
+    """A new instance of the built-in model ``name``, not shared with anyone (for work in another
+    numerical mode, such as float64 under ``jax.enable_x64``, that must not meet programs traced
+    for the shared one)."""
     if name not in _BUILDERS:
         close = difflib.get_close_matches(name, names(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -44,9 +54,7 @@ def get(name: str) -> Model:
             f"Unknown model {name!r}.{hint} Built-in models: {', '.join(names())}. "
             "A model in a file is named as path/to/file.py:NAME."
         )
-    if name not in _BUILT:  # built once per process; its compiled programs stay with it
-        _BUILT[name] = _BUILDERS[name]()
-    return _BUILT[name]
+    return _BUILDERS[name]()
 
 
 def summary(name: str) -> str:
