@@ -4,6 +4,7 @@ The public names are listed in ``__all__``; everything else is an implementation
 """
 
 from elbox import models
+from elbox.compilation_cache import enable_compilation_cache
 from elbox.errors import (
     DataError,
     ElboxError,
@@ -41,6 +42,7 @@ __all__ = [
     "RunError",
     "SamplingResults",
     "SettingsError",
+    "enable_compilation_cache",
     "fit",
     "initial_positions",
     "models",

@@ -159,3 +159,32 @@ def test_a_second_fit_traces_nothing(method):
     assert len(traces) == traced, "the second fit traced the log density again"
     assert second.seconds["compile"] == 0.0
     assert second.elbo.value != first.elbo.value
+
+
+def test_the_elbox_command_keeps_compiled_programs_between_runs(tmp_path):
+    """A second `elbox sample` in a new process loads the sampler from the compilation cache
+    instead of compiling it; ELBOX_COMPILATION_CACHE=off keeps nothing."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def run(cache, name):
+        environment = {**os.environ, "ELBOX_COMPILATION_CACHE": str(cache)}
+        out = tmp_path / f"{name}.json"
+        command = [sys.executable, "-m", "elbox.cli", "sample", "normal_normal", "--warmup", "100", "--draws", "100",
+                   "--no-progress", "--json", str(out)]
+        completed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300,
+                                   cwd=tmp_path)
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        return json.loads(out.read_text())["seconds"]["compile"]
+
+    folder = tmp_path / "cache"
+    cold = run(folder, "cold")
+    assert any(folder.iterdir())
+    warm = run(folder, "warm")
+    # Loading is several times faster than compiling; half leaves room for a noisy machine.
+    assert warm < 0.5 * cold, (cold, warm)
+    off = tmp_path / "off"
+    run("off", "off")
+    assert not off.exists()

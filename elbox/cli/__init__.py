@@ -27,6 +27,15 @@ from elbox.errors import ElboxError
 EXIT_USAGE = 2
 
 
+def run() -> int:
+    """The ``elbox`` program: :func:`main` with compiled programs kept on disk between runs
+    (:mod:`elbox.compilation_cache`; ``ELBOX_COMPILATION_CACHE=off`` turns that off)."""
+    from elbox.compilation_cache import enable_compilation_cache
+
+    enable_compilation_cache()
+    return main()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -2,6 +2,6 @@
 
 import sys
 
-from elbox.cli import main
+from elbox.cli import run
 
-sys.exit(main())
+sys.exit(run())
