@@ -2,10 +2,13 @@
 """NUTS: elbox against NumPyro and BlackJAX on the same NumPyro models and settings.
 
 All three libraries sample the same NumPyro model function with 4 chains, 1000 warm-up steps
-and 1000 draws per chain, float32, a diagonal mass matrix adapted in Stan's windows, a target
-acceptance of 0.8 and a maximum tree depth of 10:
+and 1000 draws per chain, float32, a target acceptance of 0.8 and a maximum tree depth of 10,
+each library with its own default diagonal mass matrix:
 
-* elbox: ``elbox.sample(Model.from_numpyro(fn), key, method="nuts", ...)``;
+* elbox: ``elbox.sample(Model.from_numpyro(fn), key, method="nuts", chains=4, warmup=1000,
+  draws=1000, progress=False)``, its defaults (``mass_matrix="diagonal_gradient"``: nutpie's
+  estimate from the draws and the gradients); and again as ``elbox-stan-diagonal`` with
+  ``mass_matrix="diagonal"`` (Stan's regularised window variances, as the peers use);
 * NumPyro: ``MCMC(NUTS(fn), num_chains=4, chain_method="vectorized")``, ``mcmc.run``;
 * BlackJAX: the log density is minus NumPyro's ``potential_fn`` from
   ``numpyro.infer.util.initialize_model`` (the function NumPyro's own NUTS samples);
@@ -18,9 +21,15 @@ sampling, and the draws on the host as NumPy arrays), then the same run again in
 process with another key. The bulk ESS of every library is computed by ArviZ on the
 constrained draws of the model's latent sites, outside the timings.
 
+With ``--compilation-cache`` every measurement instead runs twice, in two fresh processes that
+share a new, empty folder for JAX's persistent compilation cache (switched on in the worker, the
+same way for every library, before anything compiles): the first process fills the cache (cold),
+the second loads from it (warm). Each times its imports and its first result only.
+
 Usage:
     python benchmarks/bench_nuts.py                 # the full run (about 11 minutes on 2 cores)
     python benchmarks/bench_nuts.py --quick         # a smoke run: eight_schools, few draws, 1 repeat
+    python benchmarks/bench_nuts.py --compilation-cache   # cold and warm compilation cache (about 15 minutes)
     python benchmarks/bench_nuts.py --problems funnel gaussian_100d --repeats 5
     python benchmarks/bench_nuts.py --worker elbox eight_schools 1000 1000 0   # one raw measurement, seed 0
 """
@@ -30,15 +39,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
-from _common import device_description, elbox_source_hash, run_worker_process
+from _common import (
+    cache_contents,
+    device_description,
+    elbox_source_hash,
+    enable_jax_compilation_cache,
+    run_worker_process,
+)
 
 BENCHMARK = "nuts"
-LIBRARIES = ("elbox", "numpyro", "blackjax")
+# elbox at its defaults, elbox with Stan's diagonal mass matrix, and the peers at theirs.
+LIBRARIES = ("elbox", "elbox-stan-diagonal", "numpyro", "blackjax")
+ELBOX_LINES = ("elbox", "elbox-stan-diagonal")
 PEERS = ("numpyro", "blackjax")
 PROBLEMS = ("eight_schools", "logistic_5000x25", "gaussian_100d", "funnel")
 QUICK_PROBLEMS = ("eight_schools",)
@@ -134,15 +153,20 @@ def import_elbox():
     return elbox
 
 
-def start_elbox(elbox, fn, problem, warmup, draws):
+def start_elbox(elbox, fn, problem, warmup, draws, **options):
+    """elbox's defaults (its own mass matrix, target acceptance 0.8, tree depth 10) unless
+    ``options`` override them."""
     model = elbox.Model.from_numpyro(fn, name=problem)
 
     def run(key):
         return elbox.sample(model, key, method="nuts", chains=CHAINS, warmup=warmup, draws=draws, progress=False,
-                            mass_matrix="diagonal", target_acceptance=TARGET_ACCEPTANCE,
-                            max_tree_depth=MAX_TREE_DEPTH)
+                            **options)
 
     return run
+
+
+def start_elbox_stan_diagonal(elbox, fn, problem, warmup, draws):
+    return start_elbox(elbox, fn, problem, warmup, draws, mass_matrix="diagonal")
 
 
 def extract_elbox(results, sites):
@@ -290,6 +314,7 @@ def extract_blackjax(raw, sites):
 
 LIBRARY_FUNCTIONS = {
     "elbox": (import_elbox, start_elbox, extract_elbox),
+    "elbox-stan-diagonal": (import_elbox, start_elbox_stan_diagonal, extract_elbox),
     "numpyro": (import_numpyro, start_numpyro, extract_numpyro),
     "blackjax": (import_blackjax, start_blackjax, extract_blackjax),
 }
@@ -298,7 +323,16 @@ LIBRARY_FUNCTIONS = {
 def library_version(library: str) -> str:
     import importlib.metadata
 
-    return importlib.metadata.version(library)
+    return importlib.metadata.version("elbox" if library in ELBOX_LINES else library)
+
+
+def mass_matrix_of(library: str) -> str:
+    if library == "elbox":
+        from elbox.mcmc.window_adaptation import DEFAULT_MASS_MATRIX
+
+        return f"{DEFAULT_MASS_MATRIX} (elbox's default)"
+    return {"elbox-stan-diagonal": "diagonal", "numpyro": "diagonal (NumPyro's default)",
+            "blackjax": "diagonal (is_mass_matrix_diagonal=True)"}[library]
 
 
 # -- the worker: one measurement in a fresh process -----------------------------------------------
@@ -330,16 +364,22 @@ def diagnostics_of(extracted: dict, warmup: int, draws: int) -> dict:
     }
 
 
-def run_worker(library: str, problem: str, warmup: int, draws: int, seed: int) -> dict:
+def run_worker(library: str, problem: str, warmup: int, draws: int, seed: int, cache_dir: str | None = None,
+               second_run: bool = True) -> dict:
+    """One measurement: the imports, the first result and (``second_run``) the same run again.
+    ``cache_dir`` switches JAX's persistent compilation cache on in that folder, right after
+    importing jax and before the library is imported or anything compiles."""
     import_library, start, extract = LIBRARY_FUNCTIONS[library]
     tic = time.perf_counter()
+    import jax
+
+    if cache_dir is not None:
+        enable_jax_compilation_cache(cache_dir)
     imported = import_library()
     import_seconds = time.perf_counter() - tic
 
     # Outside the timings: the model function (for the built-in problems this imports elbox's
     # model modules), the keys, and the names of the latent sites.
-    import jax
-
     fn = model_function(problem)
     sites = latent_sites(fn)
     first_key, second_key = jax.random.key(seed), jax.random.key(seed + SECOND_RUN_SEED_OFFSET)
@@ -352,15 +392,20 @@ def run_worker(library: str, problem: str, warmup: int, draws: int, seed: int) -
     first = diagnostics_of(extract(raw, sites), warmup, draws)
     del raw
 
-    tic = time.perf_counter()
-    raw = run(second_key)
-    second_seconds = time.perf_counter() - tic
-    second = diagnostics_of(extract(raw, sites), warmup, draws)
+    if second_run:
+        tic = time.perf_counter()
+        raw = run(second_key)
+        second_seconds = time.perf_counter() - tic
+        second = diagnostics_of(extract(raw, sites), warmup, draws)
+    else:
+        second_seconds, second = None, None
 
     return {
         "library": library,
         "problem": problem,
         "version": library_version(library),
+        "mass_matrix": mass_matrix_of(library),
+        "compilation_cache": cache_dir is not None,
         "chains": CHAINS,
         "warmup": warmup,
         "draws": draws,
@@ -370,7 +415,7 @@ def run_worker(library: str, problem: str, warmup: int, draws: int, seed: int) -
         "first_result_seconds": first_seconds,
         "first_result_with_import_seconds": import_seconds + first_seconds,
         "second_run_seconds": second_seconds,
-        "ess_per_second": second["min_ess_bulk"] / second_seconds,
+        "ess_per_second": None if second is None else second["min_ess_bulk"] / second_seconds,
         "ess_per_second_first": first["min_ess_bulk"] / first_seconds,
         "first": first,
         "second": second,
@@ -382,11 +427,14 @@ def run_worker(library: str, problem: str, warmup: int, draws: int, seed: int) -
 # -- driver ----------------------------------------------------------------------------------------
 
 
-def measure(library: str, problem: str, warmup: int, draws: int, seed: int, timeout: float) -> dict:
-    """One measurement in a fresh Python process; a failure comes back as ``{"error": ...}``."""
+def measure(library: str, problem: str, warmup: int, draws: int, seed: int, timeout: float,
+            cache_dir: str | None = None) -> dict:
+    """One measurement in a fresh Python process; a failure comes back as ``{"error": ...}``.
+    With ``cache_dir``: JAX's compilation cache in that folder, and the first result only."""
+    options = [] if cache_dir is None else ["--cache-dir", cache_dir, "--first-only"]
     try:
         return run_worker_process(__file__, [library, problem, warmup, draws, seed], timeout,
-                                  f"{library}, {problem}, seed {seed}")
+                                  f"{library}, {problem}, seed {seed}", options=options)
     except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as err:
         return {"library": library, "problem": problem, "seed": seed, "error": str(err)[-2000:]}
 
@@ -394,8 +442,26 @@ def measure(library: str, problem: str, warmup: int, draws: int, seed: int, time
 # Per-run fields whose median over the repeats each (problem, library) line reports.
 TOP_FIELDS = ("import_seconds", "setup_seconds", "first_result_seconds", "first_result_with_import_seconds",
               "second_run_seconds", "ess_per_second", "ess_per_second_first")
+# The same with the compilation cache, where each process gives its first result only.
+CACHE_TOP_FIELDS = ("import_seconds", "setup_seconds", "first_result_seconds", "first_result_with_import_seconds",
+                    "ess_per_second_first")
 RUN_FIELDS = ("min_ess_bulk", "max_r_hat", "gradients_per_draw", "warmup_gradients_per_step", "divergences",
               "mean_acceptance")
+# The summary's ratios: (median field, how the best peer is picked, ratio name). ESS/s: the
+# highest peer, > 1 means elbox is better; times: the fastest peer, < 1 means elbox is faster.
+RATIOS = (
+    ("ess_per_second", max, "ess_per_second_ratio"),
+    ("ess_per_second_first", max, "ess_per_second_first_ratio"),
+    ("first_result_seconds", min, "first_result_ratio"),
+    ("first_result_with_import_seconds", min, "first_result_with_import_ratio"),
+    ("second_run_seconds", min, "second_run_ratio"),
+)
+CACHE_RATIOS = tuple(
+    (f"{phase}_{field}", min, f"{phase}_{name}_ratio")
+    for phase in ("cold", "warm")
+    for field, name in (("first_result_seconds", "first_result"),
+                        ("first_result_with_import_seconds", "first_result_with_import"))
+) + (("warm_ess_per_second_first", max, "warm_ess_per_second_first_ratio"),)
 
 
 def median_or_none(values):
@@ -407,12 +473,19 @@ def rounded(value, digits=4):
     return None if value is None else round(value, digits)
 
 
+def line_header(problem: str, library: str, runs: list, failures: list, repeats: int, cached: bool) -> dict:
+    line = {"benchmark": BENCHMARK, "problem": problem, "library": library, "compilation_cache": cached,
+            "repeats": repeats, "succeeded": len(runs), "failures": [f["error"] for f in failures]}
+    first = runs[0]["cold"] if runs and cached else (runs[0] if runs else None)
+    if first:
+        line["version"] = first["version"]
+        line["mass_matrix"] = first["mass_matrix"]
+        line.update(chains=first["chains"], warmup=first["warmup"], draws=first["draws"])
+    return line
+
+
 def library_line(problem: str, library: str, runs: list, failures: list, repeats: int) -> dict:
-    line = {"benchmark": BENCHMARK, "problem": problem, "library": library, "repeats": repeats,
-            "succeeded": len(runs), "failures": [f["error"] for f in failures]}
-    if runs:
-        line["version"] = runs[0]["version"]
-        line.update(chains=runs[0]["chains"], warmup=runs[0]["warmup"], draws=runs[0]["draws"])
+    line = line_header(problem, library, runs, failures, repeats, cached=False)
     for field in TOP_FIELDS:
         line[field] = rounded(median_or_none([r[field] for r in runs]))
     for which in ("first", "second"):
@@ -429,9 +502,27 @@ def library_line(problem: str, library: str, runs: list, failures: list, repeats
     return line
 
 
-def summary_line(problem: str, lines: dict) -> dict:
-    """elbox against the best peer: ESS/s ratios (> 1: elbox gets more effective draws per second)
-    and time ratios (< 1: elbox gives its first result sooner)."""
+def cache_library_line(problem: str, library: str, pairs: list, failures: list, repeats: int) -> dict:
+    """Medians over the repeats of the cold-cache process and of the warm-cache one."""
+    line = line_header(problem, library, pairs, failures, repeats, cached=True)
+    for phase in ("cold", "warm"):
+        for field in CACHE_TOP_FIELDS:
+            line[f"{phase}_{field}"] = rounded(median_or_none([p[phase][field] for p in pairs]))
+        for field in RUN_FIELDS:
+            line[f"{phase}_{field}"] = rounded(median_or_none([p[phase]["first"][field] for p in pairs]))
+        line[f"{phase}_finite_draws"] = all(p[phase]["first"]["finite_draws"] for p in pairs) if pairs else None
+    for field in ("files_after_cold", "bytes_after_cold", "files_added_by_warm"):
+        line[f"cache_{field}"] = median_or_none([p["cache"][field] for p in pairs])
+    line["library_seconds"] = [{"cold": p["cold"]["first"]["library_seconds"],
+                                "warm": p["warm"]["first"]["library_seconds"]} for p in pairs]
+    line["device"] = pairs[0]["cold"]["device"] if pairs else None
+    line["elbox_source"] = ",".join(sorted({p[phase]["elbox_source"] for p in pairs for phase in ("cold", "warm")}))
+    return line
+
+
+def summary_line(problem: str, lines: dict, ratios: tuple) -> dict:
+    """Each elbox line against the best peer: ``*_ratio`` for elbox at its defaults,
+    ``stan_diagonal_*_ratio`` for elbox with Stan's diagonal mass matrix."""
 
     def best(field, pick):
         values = {lib: lines[lib][field] for lib in PEERS if lines[lib].get(field) is not None}
@@ -440,49 +531,82 @@ def summary_line(problem: str, lines: dict) -> dict:
         peer = pick(values, key=values.get)
         return peer, values[peer]
 
-    summary = {"benchmark": BENCHMARK, "problem": problem, "summary": True}
-    elbox = lines["elbox"]
-    for field, pick, name in (
-        ("ess_per_second", max, "ess_per_second_ratio"),
-        ("ess_per_second_first", max, "ess_per_second_first_ratio"),
-        ("first_result_seconds", min, "first_result_ratio"),
-        ("first_result_with_import_seconds", min, "first_result_with_import_ratio"),
-        ("second_run_seconds", min, "second_run_ratio"),
-    ):
-        peer, value = best(field, pick)
-        mine = elbox.get(field)
-        summary[name] = None if mine is None or not value else round(mine / value, 4)
-        summary[f"{name}_peer"] = peer
-    summary["elbox_failures"] = len(elbox["failures"])
+    summary = {"benchmark": BENCHMARK, "problem": problem, "summary": True,
+               "compilation_cache": lines["elbox"]["compilation_cache"]}
+    for library, prefix in (("elbox", ""), ("elbox-stan-diagonal", "stan_diagonal_")):
+        for field, pick, name in ratios:
+            peer, value = best(field, pick)
+            mine = lines[library].get(field)
+            summary[prefix + name] = None if mine is None or not value else round(mine / value, 4)
+            if not prefix:
+                summary[f"{name}_peer"] = peer
+    summary["elbox_failures"] = len(lines["elbox"]["failures"])
+    summary["elbox_stan_diagonal_failures"] = len(lines["elbox-stan-diagonal"]["failures"])
     return summary
 
 
-def compare(problem: str, warmup: int, draws: int, repeats: int, timeout: float) -> list:
+def measure_cached(library: str, problem: str, warmup: int, draws: int, seed: int, timeout: float,
+                   cache_root: str) -> dict:
+    """A cold and a warm measurement: two fresh processes on one new, empty cache folder."""
+    folder = tempfile.mkdtemp(prefix=f"{library}-{problem}-{seed}-", dir=cache_root)
+    try:
+        cold = measure(library, problem, warmup, draws, seed, timeout, cache_dir=folder)
+        if "error" in cold:
+            return cold
+        after_cold = cache_contents(folder)
+        warm = measure(library, problem, warmup, draws, seed, timeout, cache_dir=folder)
+        if "error" in warm:
+            return warm
+        after_warm = cache_contents(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"cold": cold, "warm": warm,
+            "cache": {"files_after_cold": after_cold["files"], "bytes_after_cold": after_cold["bytes"],
+                      "files_added_by_warm": after_warm["files"] - after_cold["files"]}}
+
+
+def progress_text(result: dict) -> str:
+    if "cold" in result:
+        cold, warm = result["cold"], result["warm"]
+        return (f"cold: import {cold['import_seconds']:.2f} s first {cold['first_result_seconds']:.2f} s  "
+                f"warm: import {warm['import_seconds']:.2f} s first {warm['first_result_seconds']:.2f} s  "
+                f"cache {result['cache']['files_after_cold']} files "
+                f"(+{result['cache']['files_added_by_warm']} warm)  "
+                f"min ESS {warm['first']['min_ess_bulk']:.0f}  divergences {warm['first']['divergences']}")
+    return (f"import {result['import_seconds']:.2f} s  "
+            f"first {result['first_result_seconds']:.2f} s  second {result['second_run_seconds']:.2f} s  "
+            f"min ESS {result['second']['min_ess_bulk']:.0f}  ESS/s {result['ess_per_second']:.1f}  "
+            f"grads/draw {result['second']['gradients_per_draw']:.1f}  "
+            f"divergences {result['second']['divergences']}")
+
+
+def compare(problem: str, warmup: int, draws: int, repeats: int, timeout: float, cache_root: str | None = None) -> list:
+    """All libraries on ``problem``: one line each and a summary line. With ``cache_root``, each
+    measurement is a cold and a warm compilation-cache process (a new folder under it)."""
     runs = {library: [] for library in LIBRARIES}
     failures = {library: [] for library in LIBRARIES}
     for repeat in range(repeats):
         # Rotate which library goes first, so slow drifts of the machine hit all alike.
-        order = LIBRARIES[repeat % 3:] + LIBRARIES[:repeat % 3]
+        shift = repeat % len(LIBRARIES)
+        order = LIBRARIES[shift:] + LIBRARIES[:shift]
         for library in order:
-            result = measure(library, problem, warmup, draws, repeat, timeout)
+            if cache_root is None:
+                result = measure(library, problem, warmup, draws, repeat, timeout)
+            else:
+                result = measure_cached(library, problem, warmup, draws, repeat, timeout, cache_root)
+            tag = f"  [{problem} repeat {repeat + 1}/{repeats}] {library:19s}"
             if "error" in result:
                 failures[library].append(result)
-                print(f"  [{problem} repeat {repeat + 1}/{repeats}] {library:8s} FAILED: "
-                      f"{result['error'].strip().splitlines()[-1] if result['error'].strip() else '?'}",
+                print(f"{tag} FAILED: {result['error'].strip().splitlines()[-1] if result['error'].strip() else '?'}",
                       file=sys.stderr, flush=True)
                 continue
             runs[library].append(result)
-            print(
-                f"  [{problem} repeat {repeat + 1}/{repeats}] {library:8s} import {result['import_seconds']:.2f} s  "
-                f"first {result['first_result_seconds']:.2f} s  second {result['second_run_seconds']:.2f} s  "
-                f"min ESS {result['second']['min_ess_bulk']:.0f}  ESS/s {result['ess_per_second']:.1f}  "
-                f"grads/draw {result['second']['gradients_per_draw']:.1f}  "
-                f"divergences {result['second']['divergences']}",
-                file=sys.stderr, flush=True,
-            )
-    lines = {library: library_line(problem, library, runs[library], failures[library], repeats)
+            print(f"{tag} {progress_text(result)}", file=sys.stderr, flush=True)
+    make_line = library_line if cache_root is None else cache_library_line
+    lines = {library: make_line(problem, library, runs[library], failures[library], repeats)
              for library in LIBRARIES}
-    return [lines[library] for library in LIBRARIES] + [summary_line(problem, lines)]
+    summary = summary_line(problem, lines, RATIOS if cache_root is None else CACHE_RATIOS)
+    return [lines[library] for library in LIBRARIES] + [summary]
 
 
 def main(argv=None):
@@ -494,30 +618,46 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, help=f"warm-up steps per chain (default {WARMUP})")
     parser.add_argument("--draws", type=int, help=f"draws per chain (default {DRAWS})")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed for one worker process")
+    parser.add_argument("--compilation-cache", action="store_true",
+                        help="measure each library in two fresh processes sharing a new JAX compilation cache "
+                             "folder: cold (empty cache) then warm; first results only")
+    parser.add_argument("--cache-root", help="where the cache folders are made (default: a new temporary folder, "
+                                             "removed at the end)")
     parser.add_argument(
         "--worker", nargs=5, metavar=("LIBRARY", "PROBLEM", "WARMUP", "DRAWS", "SEED"),
-        help="internal: run one measurement (LIBRARY is elbox, numpyro or blackjax) and print it as JSON",
+        help=f"internal: run one measurement (LIBRARY is one of {', '.join(LIBRARIES)}) and print it as JSON",
     )
+    parser.add_argument("--cache-dir", help="with --worker: JAX's compilation cache in this folder")
+    parser.add_argument("--first-only", action="store_true", help="with --worker: the first result only")
     args = parser.parse_args(argv)
 
     if args.worker:
         library, problem, warmup, draws, seed = args.worker
         if library not in LIBRARY_FUNCTIONS:
             parser.error(f"unknown library {library!r}; choose from {', '.join(LIBRARY_FUNCTIONS)}")
-        print(json.dumps(run_worker(library, problem, int(warmup), int(draws), int(seed))), flush=True)
+        print(json.dumps(run_worker(library, problem, int(warmup), int(draws), int(seed), cache_dir=args.cache_dir,
+                                    second_run=not args.first_only)), flush=True)
         return
 
     problems = args.problems or (QUICK_PROBLEMS if args.quick else PROBLEMS)
     warmup = args.warmup or (QUICK_WARMUP if args.quick else WARMUP)
     draws = args.draws or (QUICK_DRAWS if args.quick else DRAWS)
     repeats = args.repeats or (1 if args.quick else 3)
+    cache_root = None
+    if args.compilation_cache:
+        cache_root = args.cache_root or tempfile.mkdtemp(prefix="bench_nuts_cache-")
+        os.makedirs(cache_root, exist_ok=True)
     tic = time.perf_counter()
     load_before = os.getloadavg()[0]
-    for problem in problems:
-        for line in compare(problem, warmup, draws, repeats, args.timeout):
-            if line.get("summary"):
-                line["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
-            print(json.dumps(line), flush=True)
+    try:
+        for problem in problems:
+            for line in compare(problem, warmup, draws, repeats, args.timeout, cache_root):
+                if line.get("summary"):
+                    line["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+                print(json.dumps(line), flush=True)
+    finally:
+        if cache_root is not None and not args.cache_root:
+            shutil.rmtree(cache_root, ignore_errors=True)
     print(f"total wall time {time.perf_counter() - tic:.1f} s", file=sys.stderr)
 
 
