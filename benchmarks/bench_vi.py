@@ -44,9 +44,25 @@ Every measurement runs in a fresh Python process (this script, started again wit
 ``--worker``); each comparison is repeated and medians are reported, one JSON line per
 (model, family, elbox mode).
 
+**First result** (``--first-result``): the time to a first mean-field fit of eight schools in a
+fresh process, imports included, elbox against BlackJAX. elbox: importing jax and elbox, then
+``elbox.fit("eight_schools", key, method="meanfield", steps=10000, progress=False,
+stop_when_flat=False)`` (building the model from its name, compiling, the steps, the final ELBO
+estimate and the ArviZ draws; ``stop_when_flat=False`` so that it runs all the steps, as
+BlackJAX does). BlackJAX: importing jax, optax, blackjax and ``numpyro.infer.util``, then minus
+NumPyro's ``potential_fn`` of the same NumPyro function from ``initialize_model`` (the model
+build), ``blackjax.meanfield_vi`` with ``optax.adam(0.01)`` and one draw per step, and the
+10,000 steps in one jitted ``lax.scan``, the fitted parameters on the host. With
+``--compilation-cache`` each measurement is two fresh processes on one new, empty folder of
+JAX's persistent compilation cache, switched on the same way in both libraries right after
+importing jax: cold (the cache fills), then warm (the programs are loaded). One JSON line per
+mode, with the ratios elbox / BlackJAX (< 1: elbox is faster).
+
 Usage:
     python benchmarks/bench_vi.py                 # the full run (6-7 minutes on 2 cores)
     python benchmarks/bench_vi.py --quick         # a smoke run: eight_schools, meanfield, 1 repeat
+    python benchmarks/bench_vi.py --first-result  # first result with imports, elbox against BlackJAX, 5 repeats
+    python benchmarks/bench_vi.py --first-result --compilation-cache   # the same, cold and warm cache
     python benchmarks/bench_vi.py --models eight_schools --families fullrank --repeats 3
     python benchmarks/bench_vi.py --worker elbox_defaults eight_schools meanfield 10000 0   # one measurement, seed 0
 """
@@ -59,10 +75,19 @@ _PROCESS_START = time.perf_counter()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 
-from _common import device_description, elbox_source_hash, run_worker_process  # noqa: E402
+from _common import (  # noqa: E402
+    cache_contents,
+    device_description,
+    elbox_source_hash,
+    enable_jax_compilation_cache,
+    run_worker_process,
+)
 
 BENCHMARK = "vi"
 # Repeat r fits with the key jax.random.key(SEED + r): the final q of a constant-step run
@@ -310,12 +335,124 @@ def worker_blackjax(model_name: str, family: str, steps: int, seed: int) -> dict
     }
 
 
+# -- the first-result mode: a whole fit in a fresh process, imports included -------------------
+
+
+def timed_imports_with_cache(cache_dir: str | None, *modules: str) -> float:
+    """Seconds to import jax, switch on the compilation cache (when ``cache_dir`` is given, before
+    anything compiles) and import ``modules``."""
+    import importlib
+
+    tic = time.perf_counter()
+    importlib.import_module("jax")
+    if cache_dir is not None:
+        enable_jax_compilation_cache(cache_dir)
+    for name in modules:
+        importlib.import_module(name)
+    return time.perf_counter() - tic
+
+
+def worker_elbox_first_result(model_name: str, family: str, steps: int, seed: int, cache_dir: str | None) -> dict:
+    """``elbox.fit(model_name, key, method=family, steps=steps, progress=False, stop_when_flat=False)``
+    from the model's name: building the model, compiling, the steps, the final ELBO estimate and
+    the ArviZ draws are all in the timed call."""
+    import_seconds = timed_imports_with_cache(cache_dir, "elbox")
+    import jax
+    import jax.numpy as jnp
+
+    import elbox
+
+    tic = time.perf_counter()
+    results = elbox.fit(model_name, jax.random.key(seed), method=family, steps=steps, progress=False,
+                        stop_when_flat=False)
+    first_result = time.perf_counter() - tic
+
+    model = elbox.models.get(model_name)
+    params = results.params
+    return {
+        "import_seconds": import_seconds,
+        "first_result_seconds": first_result,
+        "first_result_with_import_seconds": import_seconds + first_result,
+        "library_seconds": {k: round(float(v), 4) for k, v in results.seconds.items()},
+        "elbo": common_elbo(model, params["loc"], scale=jnp.exp(params["log_scale"])),
+        "steps_run": int(results.trace.size),
+        "estimator": results.estimator,
+    }
+
+
+def worker_blackjax_first_result(model_name: str, family: str, steps: int, seed: int, cache_dir: str | None) -> dict:
+    """``blackjax.meanfield_vi`` on minus NumPyro's ``potential_fn`` of the model's NumPyro function
+    (``numpyro.infer.util.initialize_model``, timed as the model build), ``optax.adam(0.01)``,
+    one draw per step, its own start (mean 0, log-scale -2) and estimator (sticking the landing);
+    the steps in one jitted ``lax.scan``, the fitted parameters and ELBO trace on the host."""
+    if family != "meanfield":
+        raise ValueError("BlackJAX is compared on the mean-field family only")
+    import_seconds = timed_imports_with_cache(cache_dir, "optax", "blackjax", "numpyro.infer.util")
+    import blackjax
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from numpyro.infer.util import initialize_model
+
+    # Outside the timings: the NumPyro function (this imports elbox's model modules).
+    model_fn = numpyro_model_function(model_name)
+
+    tic = time.perf_counter()
+    info, potential_fn, _, _ = initialize_model(jax.random.key(seed), model_fn)
+    model_seconds = time.perf_counter() - tic
+
+    def log_density(position):
+        return -potential_fn(position)
+
+    algorithm = blackjax.meanfield_vi(log_density, optax.adam(LEARNING_RATE), num_samples=1)
+    state = algorithm.init(info.z)
+
+    def run(state, key):
+        def body(state, t):
+            state, step_info = algorithm.step(jax.random.fold_in(key, t), state)
+            return state, step_info.elbo
+
+        return jax.lax.scan(body, state, jnp.arange(steps, dtype=jnp.int32))
+
+    state, trace = jax.jit(run)(state, jax.random.key(seed))
+    mu, rho, trace = jax.tree_util.tree_map(np.asarray, (state.mu, state.rho, trace))
+    first_result = time.perf_counter() - tic
+
+    # Outside the timings: NumPyro's sites on elbox's flat space (the dict ravelled as elbox ravels
+    # its own), checked against elbox's log density, and the common ELBO.
+    import elbox
+
+    model = elbox.models.get(model_name)
+    loc = model.ravel(mu)
+    theirs = float(log_density(mu))
+    mapping_error = abs(float(model.flat_log_joint(loc)) - theirs) / max(1.0, abs(theirs))
+    if mapping_error > 1e-4:
+        raise AssertionError(f"NumPyro's and elbox's log joints disagree ({mapping_error:g}): check the mapping")
+    return {
+        "import_seconds": import_seconds,
+        "first_result_seconds": first_result,
+        "first_result_with_import_seconds": import_seconds + first_result,
+        # The model build (initialize_model), then the rest: the algorithm, compiling and running.
+        "library_seconds": {"model": round(model_seconds, 4), "rest": round(first_result - model_seconds, 4)},
+        "elbo": common_elbo(model, loc, scale=jnp.exp(model.ravel(rho))),
+        "steps_run": int(trace.shape[0]),
+        "mapping_error": mapping_error,
+    }
+
+
 LIBRARIES = ("elbox_peer_settings", "elbox_defaults", "numpyro", "blackjax")
+FIRST_RESULT_WORKERS = {"elbox_first_result": worker_elbox_first_result,
+                        "blackjax_first_result": worker_blackjax_first_result}
+FIRST_RESULT_LIBRARIES = tuple(FIRST_RESULT_WORKERS)
 
 
-def run_worker(library: str, model_name: str, family: str, steps: int, seed: int) -> dict:
+def run_worker(library: str, model_name: str, family: str, steps: int, seed: int, cache_dir: str | None = None) -> dict:
     startup = time.perf_counter() - _PROCESS_START
-    if library.startswith("elbox_"):
+    if library in FIRST_RESULT_WORKERS:
+        result = FIRST_RESULT_WORKERS[library](model_name, family, steps, seed, cache_dir)
+        result["compilation_cache"] = cache_dir is not None
+    elif library.startswith("elbox_"):
         result = worker_elbox(model_name, family, steps, seed, library[len("elbox_"):])
     elif library == "numpyro":
         result = worker_numpyro(model_name, family, steps, seed)
@@ -339,10 +476,86 @@ def run_worker(library: str, model_name: str, family: str, steps: int, seed: int
 # -- driver --------------------------------------------------------------------------------------
 
 
-def measure(library: str, model_name: str, family: str, steps: int, seed: int, timeout: float) -> dict:
-    """One measurement in a fresh Python process; its last stdout line is the JSON result."""
+def measure(library: str, model_name: str, family: str, steps: int, seed: int, timeout: float,
+            cache_dir: str | None = None) -> dict:
+    """One measurement in a fresh Python process; its last stdout line is the JSON result.
+    ``cache_dir``: the worker switches JAX's compilation cache on in that folder."""
     return run_worker_process(__file__, [library, model_name, family, steps, seed], timeout,
-                              f"{library}, {model_name} ({family})")
+                              f"{library}, {model_name} ({family})",
+                              options=[] if cache_dir is None else ["--cache-dir", cache_dir])
+
+
+def measure_first_result(library: str, model_name: str, steps: int, seed: int, timeout: float,
+                         cache_root: str | None) -> dict:
+    """One first-result measurement: a fresh process (``{"plain": ...}``), or, with ``cache_root``,
+    two fresh processes on one new, empty cache folder under it (``{"cold": ..., "warm": ...}``)."""
+    if cache_root is None:
+        return {"plain": measure(library, model_name, "meanfield", steps, seed, timeout)}
+    folder = tempfile.mkdtemp(prefix=f"{library}-{model_name}-{seed}-", dir=cache_root)
+    try:
+        cold = measure(library, model_name, "meanfield", steps, seed, timeout, cache_dir=folder)
+        after_cold = cache_contents(folder)
+        warm = measure(library, model_name, "meanfield", steps, seed, timeout, cache_dir=folder)
+        after_warm = cache_contents(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"cold": cold, "warm": warm, "cache": {"files_after_cold": after_cold["files"],
+                                                  "bytes_after_cold": after_cold["bytes"],
+                                                  "files_added_by_warm": after_warm["files"] - after_cold["files"]}}
+
+
+FIRST_RESULT_FIELDS = ("import_seconds", "first_result_seconds", "first_result_with_import_seconds")
+
+
+def compare_first_result(model_name: str, steps: int, repeats: int, timeout: float,
+                         cache_root: str | None) -> dict:
+    """elbox's and BlackJAX's mean-field first results on ``model_name``, one JSON line: medians
+    per library (and per cache phase), and the ratios elbox / BlackJAX (< 1: elbox is faster)."""
+    phases = ("plain",) if cache_root is None else ("cold", "warm")
+    runs = {library: [] for library in FIRST_RESULT_LIBRARIES}
+    for repeat in range(repeats):
+        order = FIRST_RESULT_LIBRARIES if repeat % 2 == 0 else FIRST_RESULT_LIBRARIES[::-1]
+        for library in order:
+            result = measure_first_result(library, model_name, steps, SEED + repeat, timeout, cache_root)
+            runs[library].append(result)
+            text = "  ".join(f"{phase}: import {result[phase]['import_seconds']:.2f} s "
+                             f"first {result[phase]['first_result_seconds']:.2f} s" for phase in phases)
+            print(f"  [{model_name} first result repeat {repeat + 1}/{repeats} seed {SEED + repeat}] {library:21s} "
+                  f"{text}  ELBO {result[phases[-1]]['elbo']['value']:.3f}", file=sys.stderr, flush=True)
+
+    line = {"benchmark": BENCHMARK, "mode": "first_result", "model": model_name, "family": "meanfield",
+            "steps": steps, "compilation_cache": cache_root is not None, "elbox_stop_when_flat": False}
+    for library in FIRST_RESULT_LIBRARIES:
+        name = library[: -len("_first_result")]
+        for phase in phases:
+            prefix = name if phase == "plain" else f"{name}_{phase}"
+            for field in FIRST_RESULT_FIELDS:
+                line[f"{prefix}_{field}"] = round(statistics.median(r[phase][field] for r in runs[library]), 4)
+            line[f"{prefix}_library_seconds"] = [r[phase]["library_seconds"] for r in runs[library]]
+        last = phases[-1]
+        ordered = sorted(runs[library], key=lambda r: r[last]["elbo"]["value"])
+        median_elbo = ordered[(len(ordered) - 1) // 2][last]["elbo"]
+        line[f"{name}_elbo"] = {"value": round(median_elbo["value"], 4), "stderr": round(median_elbo["stderr"], 4)}
+        line[f"{name}_steps_run"] = int(statistics.median(r[last]["steps_run"] for r in runs[library]))
+        if cache_root is not None:
+            for field in ("files_after_cold", "bytes_after_cold", "files_added_by_warm"):
+                line[f"{name}_cache_{field}"] = statistics.median(r["cache"][field] for r in runs[library])
+    for phase in phases:
+        middle = "" if phase == "plain" else f"{phase}_"
+        for field in ("first_result_seconds", "first_result_with_import_seconds"):
+            ratio = field.replace("_seconds", "_ratio")
+            line[f"{middle}{ratio}"] = round(line[f"elbox_{middle}{field}"] / line[f"blackjax_{middle}{field}"], 4)
+            # Median over repeats of the two back-to-back runs' ratio: less moved by slow drifts.
+            line[f"{middle}{ratio}_paired"] = round(statistics.median(
+                e[phase][field] / b[phase][field]
+                for e, b in zip(runs["elbox_first_result"], runs["blackjax_first_result"])), 4)
+    line["same_elbo"] = same_elbo(line["elbox_elbo"], line["blackjax_elbo"])
+    line["repeats"] = repeats
+    first_run = runs["elbox_first_result"][0][phases[0]]
+    line["device"] = first_run["device"]
+    line["elbox_source"] = ",".join(sorted({r[phase]["elbox_source"] for rs in runs.values() for r in rs
+                                            for phase in phases}))
+    return line
 
 
 def same_elbo(ours: dict, theirs: dict | None) -> bool | None:
@@ -462,17 +675,51 @@ def main(argv=None):
              "(default 5 for eight_schools, 3 for logistic_regression; 1 with --quick)",
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed for one worker process")
+    parser.add_argument("--first-result", action="store_true",
+                        help="time to the first result of a mean-field fit in a fresh process, imports included, "
+                             "elbox against BlackJAX (default model: eight_schools; 5 repeats, 1 with --quick)")
+    parser.add_argument("--compilation-cache", action="store_true",
+                        help="with --first-result: two fresh processes per measurement sharing a new JAX "
+                             "compilation cache folder, cold (empty) then warm")
+    parser.add_argument("--cache-root", help="where the cache folders are made (default: a new temporary folder, "
+                                             "removed at the end)")
+    all_libraries = LIBRARIES + FIRST_RESULT_LIBRARIES
     parser.add_argument(
         "--worker", nargs=5, metavar=("LIBRARY", "MODEL", "FAMILY", "STEPS", "SEED"),
-        help=f"internal: run one measurement (LIBRARY is one of {', '.join(LIBRARIES)}) and print it as JSON",
+        help=f"internal: run one measurement (LIBRARY is one of {', '.join(all_libraries)}) and print it as JSON",
     )
+    parser.add_argument("--cache-dir", help=f"with --worker {' or '.join(FIRST_RESULT_LIBRARIES)}: JAX's "
+                                            "compilation cache in this folder")
     args = parser.parse_args(argv)
 
     if args.worker:
         library, model_name, family, steps, seed = args.worker
-        if library not in LIBRARIES:
-            parser.error(f"unknown library {library!r}; choose from {', '.join(LIBRARIES)}")
-        print(json.dumps(run_worker(library, model_name, family, int(steps), int(seed))), flush=True)
+        if library not in all_libraries:
+            parser.error(f"unknown library {library!r}; choose from {', '.join(all_libraries)}")
+        if args.cache_dir is not None and library not in FIRST_RESULT_LIBRARIES:
+            parser.error(f"--cache-dir goes with {' or '.join(FIRST_RESULT_LIBRARIES)} only")
+        print(json.dumps(run_worker(library, model_name, family, int(steps), int(seed), args.cache_dir)), flush=True)
+        return
+
+    if args.compilation_cache and not args.first_result:
+        parser.error("--compilation-cache goes with --first-result")
+    if args.first_result:
+        if args.families and args.families != ["meanfield"]:
+            parser.error("--first-result fits the mean-field family only")
+        cache_root = None
+        if args.compilation_cache:
+            cache_root = args.cache_root or tempfile.mkdtemp(prefix="bench_vi_cache-")
+            os.makedirs(cache_root, exist_ok=True)
+        tic = time.perf_counter()
+        try:
+            for model_name in args.models or QUICK_MODELS:
+                repeats = args.repeats or (1 if args.quick else 5)
+                line = compare_first_result(model_name, args.steps, repeats, args.timeout, cache_root)
+                print(json.dumps(line), flush=True)
+        finally:
+            if cache_root is not None and not args.cache_root:
+                shutil.rmtree(cache_root, ignore_errors=True)
+        print(f"total wall time {time.perf_counter() - tic:.1f} s", file=sys.stderr)
         return
 
     models = args.models or (QUICK_MODELS if args.quick else FULL_MODELS)
