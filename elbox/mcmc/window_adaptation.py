@@ -14,6 +14,16 @@ of :mod:`elbox.mcmc.warmup`:
     (var z_i = σ_i², var g_i = 1/σ_i²) and uses what the gradient kernels compute anyway. Its
     first estimate, before any window has ended, is M⁻¹_ii = 1 / |g_i| at the start (nutpie's),
     which puts far-apart scales right from the first step;
+  - ``"low_rank"`` (nutpie): that diagonal D, corrected in the few directions where the window
+    shows it is most wrong. In the space scaled by D^½ (draws z' = D^-½ z, gradients
+    g' = D^½ g) the Gaussian that minimises the sample Fisher divergence has covariance
+    Σ = C_g'⁻¹ # C_z' (the geometric mean of the SPD matrices C_z' and C_g'⁻¹, the solution of
+    Σ C_g' Σ = C_z'), fitted in the span of the window's draws and gradients (with fewer draws
+    than dimensions the rest is unseen and left to D); its eigenvalues λ outside [1/2, 2] (at
+    most 10 of them, the farthest) give
+    M⁻¹ = D^½ (I + Σ_k (λ_k − 1) v_k v_kᵀ) D^½ (:class:`~elbox.mcmc.metric.LowRankInverseMass`,
+    O(10 d) per leapfrog step). The window's covariances cost O(d²) per warm-up step and the fit
+    O(d³) per window: meant for up to a few hundred dimensions;
   - ``"diagonal"`` (Stan): M⁻¹ = diag of the window's regularised variances;
   - ``"dense"`` (Stan): M⁻¹ = the window's regularised covariance matrix.
 
@@ -30,10 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from elbox import checks
-from elbox.mcmc import integrators, step_size, welford
+from elbox.mcmc import integrators, metric, step_size, welford
 from elbox.mcmc.base import Sampler, Tuner
 
-MASS_MATRICES = ("diagonal_gradient", "diagonal", "dense")
+MASS_MATRICES = ("diagonal_gradient", "low_rank", "diagonal", "dense")
 # The estimator that needed fewest gradient evaluations per effective draw (warm-up included) on
 # the benchmark problems: 3-5x fewer than Stan's on the 100-d Gaussian, about 2x on the funnel,
 # level on eight schools and logistic regression.
@@ -41,6 +51,15 @@ DEFAULT_MASS_MATRIX = "diagonal_gradient"
 # Bounds on a diagonal estimated from gradients: a coordinate whose gradient does not vary over
 # a window (or vanishes at the start) must not get an infinite or zero mass.
 GRADIENT_DIAGONAL_BOUNDS = (1e-10, 1e10)
+# The low-rank correction: eigenvalues of the scaled Fisher-optimal covariance within a factor
+# LOW_RANK_CUTOFF of 1 are left out (the diagonal already has them right), at most LOW_RANK_MAX
+# directions are kept, and both window covariances are regularised by LOW_RANK_RIDGE (in the
+# space where the diagonal has made them about the identity).
+LOW_RANK_CUTOFF = 2.0
+LOW_RANK_MAX = 10
+LOW_RANK_RIDGE = 1e-5
+LOW_RANK_SHRINKAGE_DRAWS = welford.SHRINKAGE_DRAWS  # Stan's 5
+LOW_RANK_SEEN = 1e-5  # directions with a smaller share of the window's spread count as unseen
 
 
 class WindowAdaptationState(NamedTuple):
@@ -69,13 +88,18 @@ def tuner(
         mass_matrix: one of :data:`MASS_MATRICES`.
         initial_step_size: ε_0; default: Stan's heuristic from 1.
     """
+    low_rank = mass_matrix == "low_rank"
     dense = mass_matrix == "dense"
-    by_gradient = mass_matrix == "diagonal_gradient"
+    by_gradient = mass_matrix in ("diagonal_gradient", "low_rank")
 
     def init(key, state: integrators.GradientState, log_density_fn: Callable) -> WindowAdaptationState:
         if by_gradient:
             inverse_mass = jnp.clip(1.0 / jnp.abs(state.log_density_grad), *GRADIENT_DIAGONAL_BOUNDS)
             inverse_mass = jnp.where(jnp.isfinite(inverse_mass), inverse_mass, 1.0).astype(dtype)
+            if low_rank:  # no correction yet
+                rank = min(LOW_RANK_MAX, dimension)
+                inverse_mass = metric.LowRankInverseMass(jnp.sqrt(inverse_mass), jnp.eye(dimension, rank, dtype=dtype),
+                                                         jnp.ones(rank, dtype))
         elif dense:
             inverse_mass = jnp.eye(dimension, dtype=dtype)
         else:
@@ -88,8 +112,8 @@ def tuner(
         return WindowAdaptationState(
             step_size=step_size.init(first),
             inverse_mass=inverse_mass,
-            draws=welford.init(dimension, dtype, dense=dense),
-            gradients=welford.init(dimension if by_gradient else 0, dtype),
+            draws=welford.init(dimension, dtype, dense=dense or low_rank),
+            gradients=welford.init(dimension if by_gradient else 0, dtype, dense=low_rank),
         )
 
     def params(ts: WindowAdaptationState) -> integrators.StepParams:
@@ -100,15 +124,20 @@ def tuner(
         dual = step_size.update(ts.step_size, info.acceptance_rate, target_acceptance)
         draws = welford.update(ts.draws, state.position, in_window)
         gradients = ts.gradients
-        if by_gradient:
+        if low_rank:
             gradients = welford.update(gradients, state.log_density_grad, in_window)
-            ratio = jnp.sqrt(welford.variance(draws) / welford.variance(gradients))
-            estimate = jnp.clip(jnp.where(jnp.isfinite(ratio), ratio, 1.0), *GRADIENT_DIAGONAL_BOUNDS)
+            # Computed only at a window's end (a real branch: eigendecompositions are not free).
+            estimate = jax.lax.cond(window_end, lambda: low_rank_inverse_mass(
+                welford.variance(draws), welford.variance(gradients), draws.count), lambda: ts.inverse_mass)
+        elif by_gradient:
+            gradients = welford.update(gradients, state.log_density_grad, in_window)
+            estimate = gradient_diagonal(welford.variance(draws), welford.variance(gradients))
         else:
             estimate = welford.regularized_variance(draws)
         return WindowAdaptationState(
             step_size=step_size.restart(dual, window_end),
-            inverse_mass=jnp.where(window_end, estimate.astype(dtype), ts.inverse_mass),
+            inverse_mass=jax.tree_util.tree_map(lambda new, old: jnp.where(window_end, new.astype(dtype), old),
+                                                estimate, ts.inverse_mass),
             draws=welford.reset(draws, window_end),
             gradients=welford.reset(gradients, window_end),
         )
@@ -117,11 +146,67 @@ def tuner(
         return integrators.StepParams(step_size.final(ts.step_size), ts.inverse_mass)
 
     def report(params: integrators.StepParams) -> dict:
-        return {"step_size": np.asarray(params.step_size), "inverse_mass": np.asarray(params.inverse_mass)}
+        return {"step_size": np.asarray(params.step_size),
+                "inverse_mass": np.asarray(jax.vmap(metric.as_matrix)(params.inverse_mass))}
 
     return Tuner(init=init, params=params, update=update, final=final, report=report)
 
 
+
+
+def gradient_diagonal(draws_variance, gradients_variance):
+    """nutpie's diagonal: sqrt(var z / var g), bounded, 1 where undefined."""
+    ratio = jnp.sqrt(draws_variance / gradients_variance)
+    return jnp.clip(jnp.where(jnp.isfinite(ratio), ratio, 1.0), *GRADIENT_DIAGONAL_BOUNDS)
+
+
+def _spd_power(matrix, power):
+    """matrix^power for a symmetric positive definite matrix (eigenvalues floored at 1e-12)."""
+    values, vectors = jnp.linalg.eigh(matrix)
+    return (vectors * jnp.maximum(values, 1e-12) ** power) @ vectors.T
+
+
+def low_rank_inverse_mass(draws_covariance, gradients_covariance, count) -> metric.LowRankInverseMass:
+    """nutpie's diagonal with a low-rank correction fitted by the sample Fisher divergence (see the
+    module docstring), from the window's covariances of the draws and of the gradients."""
+    dimension = draws_covariance.shape[0]
+    rank = min(LOW_RANK_MAX, dimension)
+    diagonal = gradient_diagonal(jnp.diagonal(draws_covariance), jnp.diagonal(gradients_covariance))
+    scale = jnp.sqrt(diagonal)
+    draws_scaled = draws_covariance / jnp.outer(scale, scale)
+    gradients_scaled = gradients_covariance * jnp.outer(scale, scale)
+    # Only the span of the window's draws and gradients is seen (fewer draws than dimensions
+    # leave the rest unseen): fit there, and leave the unseen directions to the diagonal.
+    seen_values, basis = jnp.linalg.eigh(draws_scaled + gradients_scaled)
+    # n draws and n gradients span at most 2 (n - 1) directions; rounding error fills the rest.
+    order = jnp.argsort(jnp.argsort(-seen_values))
+    seen = (seen_values > LOW_RANK_SEEN * jnp.max(seen_values)) & (order < 2 * (count - 1))
+    both_seen = jnp.outer(seen, seen)
+    identity = jnp.eye(dimension, dtype=diagonal.dtype)
+    # Shrunk toward the identity (no correction) as Stan shrinks its variances, more so for short
+    # windows: n / (n + k) of the window's estimate.
+    weight = count / (count + LOW_RANK_SHRINKAGE_DRAWS)
+    draws_seen = (jnp.where(both_seen, weight * (basis.T @ draws_scaled @ basis), 0.0)
+                  + jnp.where(both_seen, 1.0 - weight, 1.0) * identity + LOW_RANK_RIDGE * identity)
+    gradients_seen = (jnp.where(both_seen, weight * (basis.T @ gradients_scaled @ basis), 0.0)
+                      + jnp.where(both_seen, 1.0 - weight, 1.0) * identity + LOW_RANK_RIDGE * identity)
+    # Σ = A^-½ (A^½ C A^½)^½ A^-½ with A = C_g', C = C_z': the SPD solution of Σ A Σ = C.
+    root = _spd_power(gradients_seen, 0.5)
+    inverse_root = _spd_power(gradients_seen, -0.5)
+    sigma = inverse_root @ _spd_power(root @ draws_seen @ root, 0.5) @ inverse_root
+    values, vectors = jnp.linalg.eigh(0.5 * (sigma + sigma.T))
+    values = jnp.maximum(values, 1e-12)
+    distance = jnp.abs(jnp.log(values))
+    farthest = jnp.argsort(-distance)[:rank]
+    values, vectors, distance = values[farthest], vectors[:, farthest], distance[farthest]
+    values = jnp.where(distance > jnp.log(LOW_RANK_CUTOFF), values, 1.0)
+    vectors = basis @ vectors  # back from the basis of the seen span
+    usable = jnp.all(jnp.isfinite(values)) & jnp.all(jnp.isfinite(vectors))
+    return metric.LowRankInverseMass(
+        scale=scale,
+        vectors=jnp.where(usable, vectors, jnp.eye(dimension, rank, dtype=vectors.dtype)),
+        values=jnp.where(usable, values, 1.0),
+    )
 
 
 def gradient_sampler(
