@@ -160,10 +160,16 @@ def gradient_diagonal(draws_variance, gradients_variance):
     return jnp.clip(jnp.where(jnp.isfinite(ratio), ratio, 1.0), *GRADIENT_DIAGONAL_BOUNDS)
 
 
-def _spd_power(matrix, power):
-    """matrix^power for a symmetric positive definite matrix (eigenvalues floored at 1e-12)."""
+def _spd_powers(matrix, powers):
+    """matrix^p for each p, from one eigendecomposition of a symmetric positive definite matrix
+    (eigenvalues floored at 1e-12)."""
     values, vectors = jnp.linalg.eigh(matrix)
-    return (vectors * jnp.maximum(values, 1e-12) ** power) @ vectors.T
+    values = jnp.maximum(values, 1e-12)
+    return tuple((vectors * values**power) @ vectors.T for power in powers)
+
+
+def _spd_power(matrix, power):
+    return _spd_powers(matrix, (power,))[0]
 
 
 def low_rank_inverse_mass(draws_covariance, gradients_covariance, count) -> metric.LowRankInverseMass:
@@ -191,8 +197,7 @@ def low_rank_inverse_mass(draws_covariance, gradients_covariance, count) -> metr
     gradients_seen = (jnp.where(both_seen, weight * (basis.T @ gradients_scaled @ basis), 0.0)
                       + jnp.where(both_seen, 1.0 - weight, 1.0) * identity + LOW_RANK_RIDGE * identity)
     # Σ = A^-½ (A^½ C A^½)^½ A^-½ with A = C_g', C = C_z': the SPD solution of Σ A Σ = C.
-    root = _spd_power(gradients_seen, 0.5)
-    inverse_root = _spd_power(gradients_seen, -0.5)
+    root, inverse_root = _spd_powers(gradients_seen, (0.5, -0.5))
     sigma = inverse_root @ _spd_power(root @ draws_seen @ root, 0.5) @ inverse_root
     values, vectors = jnp.linalg.eigh(0.5 * (sigma + sigma.T))
     values = jnp.maximum(values, 1e-12)
