@@ -38,6 +38,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import threadpoolctl
 
 from elbox import checks
 from elbox.mcmc import integrators, metric, step_size, welford
@@ -160,58 +161,84 @@ def gradient_diagonal(draws_variance, gradients_variance):
     return jnp.clip(jnp.where(jnp.isfinite(ratio), ratio, 1.0), *GRADIENT_DIAGONAL_BOUNDS)
 
 
-def _spd_powers(matrix, powers):
+def _spd_powers(matrix: np.ndarray, powers) -> tuple:
     """matrix^p for each p, from one eigendecomposition of a symmetric positive definite matrix
     (eigenvalues floored at 1e-12)."""
-    values, vectors = jnp.linalg.eigh(matrix)
-    values = jnp.maximum(values, 1e-12)
+    values, vectors = np.linalg.eigh(matrix)
+    values = np.maximum(values, 1e-12)
     return tuple((vectors * values**power) @ vectors.T for power in powers)
 
 
-def _spd_power(matrix, power):
-    return _spd_powers(matrix, (power,))[0]
+def fit_low_rank(draws_covariance, gradients_covariance, count) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """nutpie's diagonal with a low-rank correction fitted by the sample Fisher divergence (see the
+    module docstring), from the window's covariances of the draws and of the gradients and its
+    number of draws: ``(scale, vectors, values)`` of :class:`~elbox.mcmc.metric.LowRankInverseMass`,
+    in float64 NumPy (LAPACK's double-precision eigensolver, 10-100 times faster on a CPU than
+    the single-precision one XLA calls, and more accurate)."""
+    draws_covariance = np.asarray(draws_covariance, np.float64)
+    gradients_covariance = np.asarray(gradients_covariance, np.float64)
+    count = float(count)
+    dimension = draws_covariance.shape[0]
+    rank = min(LOW_RANK_MAX, dimension)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.sqrt(np.diagonal(draws_covariance) / np.diagonal(gradients_covariance))
+    diagonal = np.clip(np.where(np.isfinite(ratio), ratio, 1.0), *GRADIENT_DIAGONAL_BOUNDS)
+    scale = np.sqrt(diagonal)
+    draws_scaled = draws_covariance / np.outer(scale, scale)
+    gradients_scaled = gradients_covariance * np.outer(scale, scale)
+    identity = np.eye(dimension)
+    fallback = (scale, identity[:, :rank], np.ones(rank))
+    if not (np.all(np.isfinite(draws_scaled)) and np.all(np.isfinite(gradients_scaled))) or count < 2:
+        return fallback
+    # Only the span of the window's draws and gradients is seen (fewer draws than dimensions
+    # leave the rest unseen): fit there, and leave the unseen directions to the diagonal. n draws
+    # and n gradients span at most 2 (n - 1) directions; rounding error fills the rest.
+    seen_values, basis = np.linalg.eigh(draws_scaled + gradients_scaled)
+    order = np.argsort(np.argsort(-seen_values))
+    seen = (seen_values > LOW_RANK_SEEN * seen_values.max()) & (order < 2 * (count - 1))
+    both_seen = np.outer(seen, seen)
+    # Shrunk toward the identity (no correction) as Stan shrinks its variances, more so for short
+    # windows: n / (n + 5) of the window's estimate.
+    weight = count / (count + LOW_RANK_SHRINKAGE_DRAWS)
+    unseen_or_shrunk = np.where(seen, 1.0 - weight, 1.0)
+    draws_seen = np.where(both_seen, weight * (basis.T @ draws_scaled @ basis), 0.0) + np.diag(unseen_or_shrunk)
+    gradients_seen = (np.where(both_seen, weight * (basis.T @ gradients_scaled @ basis), 0.0)
+                      + np.diag(unseen_or_shrunk))
+    draws_seen += LOW_RANK_RIDGE * identity
+    gradients_seen += LOW_RANK_RIDGE * identity
+    # Σ = A^-½ (A^½ C A^½)^½ A^-½ with A = C_g', C = C_z': the SPD solution of Σ A Σ = C.
+    root, inverse_root = _spd_powers(gradients_seen, (0.5, -0.5))
+    (middle,) = _spd_powers(root @ draws_seen @ root, (0.5,))
+    sigma = inverse_root @ middle @ inverse_root
+    values, vectors = np.linalg.eigh(0.5 * (sigma + sigma.T))
+    values = np.maximum(values, 1e-12)
+    distance = np.abs(np.log(values))
+    farthest = np.argsort(-distance)[:rank]
+    values, vectors, distance = values[farthest], vectors[:, farthest], distance[farthest]
+    values = np.where(distance > np.log(LOW_RANK_CUTOFF), values, 1.0)
+    vectors = basis @ vectors  # back from the basis of the seen span
+    if not (np.all(np.isfinite(values)) and np.all(np.isfinite(vectors))):
+        return fallback
+    return scale, vectors, values
 
 
 def low_rank_inverse_mass(draws_covariance, gradients_covariance, count) -> metric.LowRankInverseMass:
-    """nutpie's diagonal with a low-rank correction fitted by the sample Fisher divergence (see the
-    module docstring), from the window's covariances of the draws and of the gradients."""
+    """:func:`fit_low_rank` from compiled code (a host callback, once per window and chain)."""
     dimension = draws_covariance.shape[0]
     rank = min(LOW_RANK_MAX, dimension)
-    diagonal = gradient_diagonal(jnp.diagonal(draws_covariance), jnp.diagonal(gradients_covariance))
-    scale = jnp.sqrt(diagonal)
-    draws_scaled = draws_covariance / jnp.outer(scale, scale)
-    gradients_scaled = gradients_covariance * jnp.outer(scale, scale)
-    # Only the span of the window's draws and gradients is seen (fewer draws than dimensions
-    # leave the rest unseen): fit there, and leave the unseen directions to the diagonal.
-    seen_values, basis = jnp.linalg.eigh(draws_scaled + gradients_scaled)
-    # n draws and n gradients span at most 2 (n - 1) directions; rounding error fills the rest.
-    order = jnp.argsort(jnp.argsort(-seen_values))
-    seen = (seen_values > LOW_RANK_SEEN * jnp.max(seen_values)) & (order < 2 * (count - 1))
-    both_seen = jnp.outer(seen, seen)
-    identity = jnp.eye(dimension, dtype=diagonal.dtype)
-    # Shrunk toward the identity (no correction) as Stan shrinks its variances, more so for short
-    # windows: n / (n + k) of the window's estimate.
-    weight = count / (count + LOW_RANK_SHRINKAGE_DRAWS)
-    draws_seen = (jnp.where(both_seen, weight * (basis.T @ draws_scaled @ basis), 0.0)
-                  + jnp.where(both_seen, 1.0 - weight, 1.0) * identity + LOW_RANK_RIDGE * identity)
-    gradients_seen = (jnp.where(both_seen, weight * (basis.T @ gradients_scaled @ basis), 0.0)
-                      + jnp.where(both_seen, 1.0 - weight, 1.0) * identity + LOW_RANK_RIDGE * identity)
-    # Σ = A^-½ (A^½ C A^½)^½ A^-½ with A = C_g', C = C_z': the SPD solution of Σ A Σ = C.
-    root, inverse_root = _spd_powers(gradients_seen, (0.5, -0.5))
-    sigma = inverse_root @ _spd_power(root @ draws_seen @ root, 0.5) @ inverse_root
-    values, vectors = jnp.linalg.eigh(0.5 * (sigma + sigma.T))
-    values = jnp.maximum(values, 1e-12)
-    distance = jnp.abs(jnp.log(values))
-    farthest = jnp.argsort(-distance)[:rank]
-    values, vectors, distance = values[farthest], vectors[:, farthest], distance[farthest]
-    values = jnp.where(distance > jnp.log(LOW_RANK_CUTOFF), values, 1.0)
-    vectors = basis @ vectors  # back from the basis of the seen span
-    usable = jnp.all(jnp.isfinite(values)) & jnp.all(jnp.isfinite(vectors))
-    return metric.LowRankInverseMass(
-        scale=scale,
-        vectors=jnp.where(usable, vectors, jnp.eye(dimension, rank, dtype=vectors.dtype)),
-        values=jnp.where(usable, values, 1.0),
-    )
+    dtype = draws_covariance.dtype
+    shapes = (jax.ShapeDtypeStruct((dimension,), dtype), jax.ShapeDtypeStruct((dimension, rank), dtype),
+              jax.ShapeDtypeStruct((rank,), dtype))
+
+    def on_host(draws, gradients, n):
+        # One BLAS thread: the matrices are small, and BLAS threads that compete with XLA's for
+        # the same cores made this fit ten times slower.
+        with threadpoolctl.threadpool_limits(1):
+            return tuple(np.asarray(part, dtype) for part in fit_low_rank(draws, gradients, n))
+
+    scale, vectors, values = jax.pure_callback(on_host, shapes, draws_covariance, gradients_covariance, count,
+                                               vmap_method="sequential")
+    return metric.LowRankInverseMass(scale, vectors, values)
 
 
 def gradient_sampler(
