@@ -83,8 +83,8 @@ def sample(
         **options: the sampler's own settings, refused by name when it has no such setting:
 
             * ``nuts``, ``hmc``, ``mala``: ``step_size`` (the first ε; default Stan's heuristic),
-              ``mass_matrix`` (``"diagonal_gradient"``, the default, ``"diagonal"`` or
-              ``"dense"``; :mod:`elbox.mcmc.window_adaptation`),
+              ``mass_matrix`` (``"diagonal_gradient"``, the default, ``"low_rank"``,
+              ``"diagonal"`` or ``"dense"``; :mod:`elbox.mcmc.window_adaptation`),
               ``target_acceptance`` (0.8 for NUTS, 0.65 for HMC, 0.574 for MALA);
               ``max_tree_depth`` (NUTS, default 10); ``num_steps`` or ``trajectory_length``
               and ``jitter`` (HMC);

@@ -45,9 +45,11 @@ from elbox.mcmc import integrators, metric, step_size, welford
 from elbox.mcmc.base import Sampler, Tuner
 
 MASS_MATRICES = ("diagonal_gradient", "low_rank", "diagonal", "dense")
-# The estimator that needed fewest gradient evaluations per effective draw (warm-up included) on
-# the benchmark problems: 3-5x fewer than Stan's on the 100-d Gaussian, about 2x on the funnel,
-# level on eight schools and logistic regression.
+# The estimator with the most effective draws per second on three of the four benchmark
+# problems (eight schools, the 100-d Gaussian, the funnel): 3-5x fewer gradient evaluations per
+# effective draw than Stan's on the 100-d Gaussian, about 2x fewer on the funnel. "low_rank"
+# needs fewer still on correlated posteriors (2.5x on logistic regression, 60x on diamonds) but
+# its per-window fit costs more than it saves on the others.
 DEFAULT_MASS_MATRIX = "diagonal_gradient"
 # Bounds on a diagonal estimated from gradients: a coordinate whose gradient does not vary over
 # a window (or vanishes at the start) must not get an infinite or zero mass.
