@@ -4,7 +4,8 @@ The commands are in :mod:`elbox.cli.inference` (sample, fit, models, tour) and
 :mod:`elbox.cli.diffusion`; shared argument types, model loading and output checks in
 :mod:`elbox.cli.common`.
 
-    elbox sample MODEL --method mh --chains 4 --warmup 1000 --draws 1000 --seed 0 [--json PATH] [--out DIR]
+    elbox sample MODEL [--method nuts|hmc|mala|mh] --chains 4 --warmup 1000 --draws 1000 --seed 0
+                 [--json PATH] [--out DIR]
     elbox fit MODEL --method meanfield|fullrank|flow|cavi --steps N --seed S [--json PATH] [--out DIR]
     elbox models [--json]
     elbox tour [--out DIR]
