@@ -13,7 +13,6 @@ from elbox.errors import ModelError
 from elbox.model import Model
 
 _BUILDERS: dict[str, Callable[[], Model]] = {}
-_BUILT: dict[str, Model] = {}
 _SUMMARIES: dict[str, str] = {}
 
 
@@ -38,15 +37,19 @@ def names() -> list[str]:
 def get(name: str) -> Model:
     """The built-in model called ``name`` (see :func:`names`), built once per process: the
     programs compiled for it stay with it, so a second run on it compiles nothing."""
-    if name not in _BUILT:
-        _BUILT[name] = build(name)
-    return _BUILT[name]
+    _require_known(name)
+    return _BUILDERS[name]()  # cached: built once per process
 
 
 def build(name: str) -> Model:
     """A new instance of the built-in model ``name``, not shared with anyone (for work in another
-    numerical mode, such as float64 under ``jax.enable_x64``, that must not meet programs traced
+    numerical mode, such as float64 under ``jax.enable_x64``, that must not meet constants traced
     for the shared one)."""
+    _require_known(name)
+    return _BUILDERS[name].__wrapped__()
+
+
+def _require_known(name: str) -> None:
     if name not in _BUILDERS:
         close = difflib.get_close_matches(name, names(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -54,7 +57,6 @@ def build(name: str) -> Model:
             f"Unknown model {name!r}.{hint} Built-in models: {', '.join(names())}. "
             "A model in a file is named as path/to/file.py:NAME."
         )
-    return _BUILDERS[name]()
 
 
 def summary(name: str) -> str:
