@@ -27,9 +27,9 @@ same way for every library, before anything compiles): the first process fills t
 the second loads from it (warm). Each times its imports and its first result only.
 
 Usage:
-    python benchmarks/bench_nuts.py                 # the full run (about 11 minutes on 2 cores)
+    python benchmarks/bench_nuts.py                 # the full run (about 11-12 minutes on 2 cores)
     python benchmarks/bench_nuts.py --quick         # a smoke run: eight_schools, few draws, 1 repeat
-    python benchmarks/bench_nuts.py --compilation-cache   # cold and warm compilation cache (about 15 minutes)
+    python benchmarks/bench_nuts.py --compilation-cache   # cold and warm compilation cache (about 16 minutes)
     python benchmarks/bench_nuts.py --problems funnel gaussian_100d --repeats 5
     python benchmarks/bench_nuts.py --worker elbox eight_schools 1000 1000 0   # one raw measurement, seed 0
 """
