@@ -262,7 +262,8 @@ def reference(name: str) -> dict:
     return load_data(_REFERENCE_FILE)[name]
 
 
-def _known(name: str) -> Known:
+def reference_known(name: str) -> Known:
+    """What posteriordb's reference says of posterior ``name``: its means and sds."""
     ref = reference(name)
     params = ref["parameters"]
     return Known(
@@ -278,7 +279,7 @@ def _known(name: str) -> Known:
 
 
 def _build(name: str) -> Model:
-    return Model.from_numpyro(numpyro_model(name), name=name, known=_known(name))
+    return Model.from_numpyro(numpyro_model(name), name=name, known=reference_known(name))
 
 
 # -- registration -----------------------------------------------------------------------------
