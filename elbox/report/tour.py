@@ -121,7 +121,9 @@ def mcmc_eight_schools_section(out: Path, key, echo, keep: dict) -> dict:
             "divergences": results.divergences,
         })
     echo("Same model, 4 chains each; seconds are warm-up + sampling (compilation apart). MH needs no")
-    echo("gradient but many more steps per effective draw; NUTS pays in gradients and wins per second:")
+    echo("gradient but twenty times the steps here; NUTS pays in gradients. On these 10 parameters the")
+    echo("two are close per second; NUTS's lead grows with the dimension and the spread of scales")
+    echo("(on gaussian_100d, sds from 0.01 to 100, MH does not converge at all):")
     speed_table = _markdown_table(
         ["sampler", "draws/chain", "min bulk ESS", "seconds", "ESS/s", "gradients", "gradients/ESS", "divergences"],
         [[r["method"], r["draws_per_chain"], f"{r['min_ess_bulk']:.0f}", f"{r['seconds']:.2f}",
