@@ -297,23 +297,15 @@ def worker_numpyro(model_name: str, family: str, steps: int, seed: int) -> dict:
     }
 
 
-def worker_blackjax(model_name: str, family: str, steps: int, seed: int) -> dict:
-    if family != "meanfield":
-        raise ValueError("BlackJAX is compared on the mean-field family only")
-    imports = timed_imports("jax", "optax", "blackjax")
+def run_blackjax_meanfield(log_density, position, steps: int, seed: int):
+    """BlackJAX's mean-field VI from ``position``: ``steps`` Adam steps in one jitted ``lax.scan``,
+    step t keyed by ``fold_in(key, t)``; returns the final state and the ELBO trace."""
     import blackjax
     import jax
     import jax.numpy as jnp
     import optax
 
-    import elbox  # for the model only
-
-    model = elbox.models.get(model_name)
-    log_density = model.flat_log_joint
-    center = model.ravel(model.init_position)
-    tic = time.perf_counter()
     algorithm = blackjax.meanfield_vi(log_density, optax.adam(LEARNING_RATE), num_samples=1)
-    state = algorithm.init(center)
 
     def run(state, key):
         def body(state, t):
@@ -322,7 +314,23 @@ def worker_blackjax(model_name: str, family: str, steps: int, seed: int) -> dict
 
         return jax.lax.scan(body, state, jnp.arange(steps, dtype=jnp.int32))
 
-    state, trace = jax.jit(run)(state, jax.random.key(seed))
+    return jax.jit(run)(algorithm.init(position), jax.random.key(seed))
+
+
+def worker_blackjax(model_name: str, family: str, steps: int, seed: int) -> dict:
+    if family != "meanfield":
+        raise ValueError("BlackJAX is compared on the mean-field family only")
+    imports = timed_imports("jax", "optax", "blackjax")
+    import jax
+    import jax.numpy as jnp
+
+    import elbox  # for the model only
+
+    model = elbox.models.get(model_name)
+    log_density = model.flat_log_joint
+    center = model.ravel(model.init_position)
+    tic = time.perf_counter()
+    state, trace = run_blackjax_meanfield(log_density, center, steps, seed)
     jax.block_until_ready((state, trace))
     first_call = time.perf_counter() - tic
 
@@ -388,11 +396,9 @@ def worker_blackjax_first_result(model_name: str, family: str, steps: int, seed:
     if family != "meanfield":
         raise ValueError("BlackJAX is compared on the mean-field family only")
     import_seconds = timed_imports_with_cache(cache_dir, "optax", "blackjax", "numpyro.infer.util")
-    import blackjax
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import optax
     from numpyro.infer.util import initialize_model
 
     # Outside the timings: the NumPyro function (this imports elbox's model modules).
@@ -405,17 +411,7 @@ def worker_blackjax_first_result(model_name: str, family: str, steps: int, seed:
     def log_density(position):
         return -potential_fn(position)
 
-    algorithm = blackjax.meanfield_vi(log_density, optax.adam(LEARNING_RATE), num_samples=1)
-    state = algorithm.init(info.z)
-
-    def run(state, key):
-        def body(state, t):
-            state, step_info = algorithm.step(jax.random.fold_in(key, t), state)
-            return state, step_info.elbo
-
-        return jax.lax.scan(body, state, jnp.arange(steps, dtype=jnp.int32))
-
-    state, trace = jax.jit(run)(state, jax.random.key(seed))
+    state, trace = run_blackjax_meanfield(log_density, info.z, steps, seed)
     mu, rho, trace = jax.tree_util.tree_map(np.asarray, (state.mu, state.rho, trace))
     first_result = time.perf_counter() - tic
 

@@ -41,7 +41,7 @@ from elbox.results import SamplingResults
 
 METHODS = tuple(SAMPLERS)
 CHAIN_METHODS = ("vectorized", "sequential")
-# Per-draw statistics summed over warm-up (the warm-up's own draws are not kept).
+# Per-draw statistics summed over warm-up, those the sampler reports (its draws are not kept).
 WARMUP_TOTALS = ("acceptance_rate", "n_steps", "diverging")
 
 
@@ -152,7 +152,7 @@ def sample(
     seconds = {"compile": 0.0 if compiled_before else program.loop.compile_seconds,
                "warmup": warm.seconds, "sampling": run.seconds}
     seconds["total"] = time.perf_counter() - tic_total
-    totals = {name: np.asarray(value) for name, value in totals.items()}
+    totals = {name: np.asarray(value) for name, value in totals.items() if name in stats}
     return SamplingResults.from_flat_draws(
         model=model,
         method=method,
@@ -176,7 +176,6 @@ class _Program(NamedTuple):
     placeholder: Callable
     final_params: Callable
     loop: ChunkedLoop
-    warmup_totals: tuple
 
 
 def _program_key(method, options, chains, warmup, chunk_size, chain_method, mesh):
@@ -247,7 +246,7 @@ def _compile_program(model: Model, sampler: Sampler, chains: int, warmup: int, c
             return state, tuner.init(key, state, log_density_fn)
 
         states, tuner_states = _map_chains(one_chain, chain_method, groups)(positions, log_densities, keys)
-        totals = {name: jnp.zeros(chains, positions.dtype) for name in warmup_totals}
+        totals = {name: jnp.zeros(chains, positions.dtype) for name in WARMUP_TOTALS}
         return constrain((states, tuner_states, totals))
 
     schedule = warmup_schedule(warmup)
@@ -273,28 +272,13 @@ def _compile_program(model: Model, sampler: Sampler, chains: int, warmup: int, c
 
         states, tuner_states, stats = constrain(
             _map_chains(one_chain, chain_method, groups)(keys, states, tuner_states, phase["params"]))
-        totals = {name: totals[name] + jnp.where(phase["warmup"], stats[name], 0).astype(totals[name].dtype)
+        # A statistic the sampler does not report adds nothing (and is dropped from the results).
+        totals = {name: totals[name] + jnp.where(phase["warmup"], stats.get(name, 0), 0).astype(totals[name].dtype)
                   for name in totals}
         return (states, tuner_states, totals), (states.position, stats)
 
-    # The statistics to total over warm-up: those of WARMUP_TOTALS this sampler reports.
-    reported = _reported_stats(sampler, model, log_density_fn, kernel)
-    warmup_totals = tuple(name for name in WARMUP_TOTALS if name in reported)
     # axis_size: a tuner that adapts nothing has an empty state, which vmap cannot size by itself.
     final_params = jax.jit(lambda ts: constrain(jax.vmap(tuner.final, axis_size=chains)(ts)))
     placeholder = jax.jit(lambda ts: constrain(jax.vmap(tuner.params, axis_size=chains)(ts)))
     loop = ChunkedLoop(step, chunk_size)
-    return _Program(sampler, split_key, start, placeholder, final_params, loop, warmup_totals)
-
-
-def _reported_stats(sampler: Sampler, model: Model, log_density_fn: Callable, kernel: Callable) -> set:
-    """The names of the per-draw statistics the sampler reports (from shapes only; nothing runs)."""
-    def one_step():
-        key = jax.random.key(0)
-        flat = model.ravel(model.init_position)
-        state = sampler.init(flat, log_density_fn(flat), log_density_fn)
-        tuner_state = sampler.tuner.init(key, state, log_density_fn)
-        state, info = kernel(key, state, sampler.tuner.params(tuner_state))
-        return sampler.stats(info, state)
-
-    return set(jax.eval_shape(one_step))
+    return _Program(sampler, split_key, start, placeholder, final_params, loop)

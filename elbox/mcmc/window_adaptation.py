@@ -67,7 +67,8 @@ LOW_RANK_SEEN = 1e-5  # directions with a smaller share of the window's spread c
 
 class WindowAdaptationState(NamedTuple):
     """Per-chain warm-up state: the dual-averaging state, the current inverse mass matrix, and
-    the window's running moments of the draws and (for ``"diagonal_gradient"``) the gradients."""
+    the window's running moments of the draws and (for the estimators that use them) the
+    gradients."""
 
     step_size: step_size.DualAveragingState
     inverse_mass: jax.Array
@@ -153,8 +154,6 @@ def tuner(
                 "inverse_mass": np.asarray(jax.vmap(metric.as_matrix)(params.inverse_mass))}
 
     return Tuner(init=init, params=params, update=update, final=final, report=report)
-
-
 
 
 def gradient_diagonal(draws_variance, gradients_variance):
