@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -145,7 +145,7 @@ class Model:
         self._site_log_density_fn = site_log_density_fn
         self.known = known or Known()
         self.prior_is_proper = prior_is_proper
-        flat, self._unravel = ravel_pytree(self.init_position)
+        flat, self._unravel = _abstract_ravel(self.init_position)
         self.dimension = int(flat.size)
         self.flat_dtype = flat.dtype  # the dtype of the flat unconstrained vector
         # (mean, variance) of the prior on the flat unconstrained space when it is an
@@ -377,45 +377,22 @@ def _from_numpyro(model_fn, model_args, model_kwargs, name, known) -> Model:
     from numpyro.infer.util import _unconstrain_reparam, compute_log_probs, constrain_fn
 
     name = name or getattr(model_fn, "__name__", "model")
-    try:
-        seeded = handlers.substitute(handlers.seed(model_fn, rng_seed=0), substitute_fn=_init_site)
-        discovery = handlers.trace(seeded).get_trace(*model_args, **model_kwargs)
-    except ModelError:
-        raise
-    except Exception as err:  # the user's model code failed: show their error, not ours
-        raise ModelError(f"Model '{name}' failed when run once to find its sites: {type(err).__name__}: {err}") from err
+    sites = _discover_sites(model_fn, model_args, model_kwargs, name)
 
     observed_sites, factor_sites = [], []
-    prior_is_proper = True
     init, supports = {}, {}
-    for site_name, site in discovery.items():
-        if site["type"] != "sample":
-            continue
-        fn = site["fn"]
-        if site["is_observed"]:
-            if _is_factor(fn):
-                factor_sites.append(site_name)
-                continue
+    float_dtype = jnp.result_type(float)
+    for site_name, site in sites.items():
+        if site.is_factor:
+            factor_sites.append(site_name)
+        elif site.is_observed:
             observed_sites.append(site_name)
-            value = np.asarray(site["value"])
-            if np.issubdtype(value.dtype, np.number) and not np.all(np.isfinite(value)):
-                bad = np.argwhere(~np.isfinite(value))[:3].tolist()
-                raise ModelError(
-                    f"Site {site_name}: the observed data contain NaN or infinity "
-                    f"(first at index {bad}). Remove or impute those values before fitting."
-                )
-            continue
-        if fn.support.is_discrete:
-            raise ModelError(
-                f"Site {site_name}: it is a discrete latent variable ({type(fn).__name__}). "
-                "elbox samples continuous parameters; marginalise it out in the model "
-                "(for a mixture, sum over components with logsumexp)."
-            )
-        if type(_base_distribution(fn)).__name__ == "ImproperUniform":
-            prior_is_proper = False
-        transform = transforms.biject_to(fn.support)
-        supports[site_name] = fn.support
-        init[site_name] = jnp.zeros(transform.inverse_shape(jnp.shape(site["value"])))
+            _require_finite_data(site_name, site.observed)
+        else:
+            if site.support is not None:
+                supports[site_name] = site.support
+            init[site_name] = np.zeros(site.unconstrained_shape, float_dtype)
+    prior_is_proper = not any(site.improper for site in sites.values())
 
     if not init:
         raise ModelError(f"Model '{name}' has no latent sample sites: there is nothing to infer.")
@@ -467,27 +444,131 @@ def _from_numpyro(model_fn, model_args, model_kwargs, name, known) -> Model:
 
 def _fixed_gaussian_prior(trace_at, init: dict):
     """(mean, variance) of the flat prior if every latent site is Normal with real support and
-    parameters that do not depend on other latents (checked at two different points); else None."""
+    parameters that do not depend on other latents (the same at two different points); else None.
+
+    The sites' types are read from an abstract run of the model, and the two points' moments are
+    computed in one compiled call.
+    """
     import numpyro.distributions as dist
 
-    moments = []
-    for shift in (0.3, -0.7):
-        tr = trace_at(jax.tree_util.tree_map(lambda x, shift=shift: x + shift, init))
+    def normal_of(tr, site_name):
+        fn = tr[site_name]["fn"]
+        while isinstance(fn, (dist.Independent, dist.ExpandedDistribution)):
+            fn = fn.base_dist
+        return fn if type(fn) is dist.Normal and tr[site_name]["scale"] is None else None
+
+    all_normal = []
+    jax.eval_shape(lambda u: all_normal.append(all(normal_of(trace_at(u), k) is not None for k in init)), init)
+    if not all_normal[0]:
+        return None
+
+    def moments(shift):
+        tr = trace_at(jax.tree_util.tree_map(lambda x: x + shift, init))
         means, variances = {}, {}
         for site_name in init:
-            fn = tr[site_name]["fn"]
-            while isinstance(fn, (dist.Independent, dist.ExpandedDistribution)):
-                fn = fn.base_dist
-            if type(fn) is not dist.Normal or tr[site_name]["scale"] is not None:
-                return None
-            shape = jnp.shape(tr[site_name]["value"])
+            fn, shape = normal_of(tr, site_name), jnp.shape(tr[site_name]["value"])
             means[site_name] = jnp.broadcast_to(fn.loc, shape)
             variances[site_name] = jnp.broadcast_to(fn.scale**2, shape)
-        moments.append((ravel_pytree(means)[0], ravel_pytree(variances)[0]))
-    (m1, v1), (m2, v2) = moments
-    if not (np.allclose(m1, m2) and np.allclose(v1, v2)):
+        return ravel_pytree(means)[0], ravel_pytree(variances)[0]
+
+    means, variances = jax.device_get(jax.jit(jax.vmap(moments))(jnp.asarray([0.3, -0.7])))
+    if not (np.allclose(means[0], means[1]) and np.allclose(variances[0], variances[1])):
         return None
-    return np.asarray(m1), np.asarray(v1)
+    return means[0], variances[0]
+
+
+class _Site(NamedTuple):
+    """What building a Model needs to know of one NumPyro sample site."""
+
+    is_observed: bool
+    is_factor: bool
+    observed: Any  # the observed value (None where it is computed inside the model)
+    unconstrained_shape: tuple  # of a latent site
+    support: Any  # a latent site's support, None where it depends on other parameters
+    improper: bool  # a latent site with an ImproperUniform prior
+
+
+def _discover_sites(model_fn, model_args, model_kwargs, name) -> dict[str, _Site]:
+    """The model's sample sites, in order, from one run of the model.
+
+    The run is abstract (``jax.eval_shape``: shapes, no numbers), so that finding the sites
+    compiles nothing; everything is read from the sites inside that run. Latent sites take
+    NumPyro's uniform initial values. A model whose Python code needs concrete numbers is run
+    again, concretely.
+    """
+    from numpyro import handlers
+
+    def run():
+        seeded = handlers.substitute(handlers.seed(model_fn, rng_seed=0), substitute_fn=_init_site)
+        trace = handlers.trace(seeded).get_trace(*model_args, **model_kwargs)
+        return {site_name: _read_site(site_name, site) for site_name, site in trace.items()
+                if site["type"] == "sample"}
+
+    found = {}
+    try:
+        try:
+            jax.eval_shape(lambda: found.update(run()))
+        except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+                jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError):
+            found = run()
+    except ModelError:
+        raise
+    except Exception as err:  # the user's model code failed: show their error, not ours
+        raise ModelError(f"Model '{name}' failed when run once to find its sites: {type(err).__name__}: {err}") from err
+    return found
+
+
+def _read_site(site_name: str, site: dict) -> _Site:
+    fn = site["fn"]
+    if site["is_observed"]:
+        value = site["value"]
+        return _Site(True, _is_factor(fn), None if isinstance(value, jax.core.Tracer) else value, (), None, False)
+    if fn.support.is_discrete:
+        raise ModelError(
+            f"Site {site_name}: it is a discrete latent variable ({type(fn).__name__}). "
+            "elbox samples continuous parameters; marginalise it out in the model "
+            "(for a mixture, sum over components with logsumexp)."
+        )
+    shape = tuple(_bijection(site_name, fn.support).inverse_shape(jnp.shape(site["value"])))
+    return _Site(False, False, None, shape, fn.support if _is_fixed(fn.support) else None,
+                 type(_base_distribution(fn)).__name__ == "ImproperUniform")
+
+
+def _require_finite_data(site_name: str, value) -> None:
+    if value is None:
+        return
+    value = np.asarray(value)
+    if np.issubdtype(value.dtype, np.number) and not np.all(np.isfinite(value)):
+        bad = np.argwhere(~np.isfinite(value))[:3].tolist()
+        raise ModelError(
+            f"Site {site_name}: the observed data contain NaN or infinity "
+            f"(first at index {bad}). Remove or impute those values before fitting."
+        )
+
+
+def _is_fixed(constraint) -> bool:
+    """Whether a NumPyro constraint holds no traced values (its bounds do not depend on
+    parameters)."""
+    return not any(isinstance(leaf, jax.core.Tracer)
+                   for value in vars(constraint).values() for leaf in jax.tree_util.tree_leaves(value))
+
+
+def _bijection(site_name, support):
+    """NumPyro's map from the real line to ``support``, with a named error where it has none."""
+    from numpyro.distributions import transforms
+
+    try:
+        return transforms.biject_to(support)
+    except NotImplementedError:
+        raise _no_bijection(site_name, support) from None
+
+
+def _no_bijection(site_name, support) -> ModelError:
+    return ModelError(
+        f"Site {site_name}: NumPyro has no map from the real line to its support "
+        f"{support}, so it cannot be sampled on an unconstrained space. Write the "
+        "parameter as a transform of unconstrained ones (or use a NumPyro reparameterisation)."
+    )
 
 
 def _init_site(site):
@@ -496,12 +577,16 @@ def _init_site(site):
 
     try:
         return init_to_uniform(site)
-    except NotImplementedError as err:
-        raise ModelError(
-            f"Site {site['name']}: NumPyro has no map from the real line to its support "
-            f"{site['fn'].support}, so it cannot be sampled on an unconstrained space. Write the "
-            "parameter as a transform of unconstrained ones (or use a NumPyro reparameterisation)."
-        ) from err
+    except NotImplementedError:
+        raise _no_bijection(site["name"], site["fn"].support) from None
+
+
+def _abstract_ravel(tree) -> tuple[jax.ShapeDtypeStruct, Callable]:
+    """The shape and dtype of ``ravel_pytree(tree)[0]`` and its ``unravel``, without computing
+    the flat vector (which would compile a concatenation)."""
+    unravel = []
+    flat = jax.eval_shape(lambda t: unravel.append(ravel_pytree(t)[1]) or ravel_pytree(t)[0], tree)
+    return flat, unravel[0]
 
 
 def _is_factor(fn) -> bool:
