@@ -82,10 +82,10 @@ class Trajectory(NamedTuple):
 
 
 def is_turning(inverse_mass, momentum_a, momentum_b, momentum_sum) -> jax.Array:
-    """Generalised U-turn: M⁻¹p_a · ρ ≤ 0 or M⁻¹p_b · ρ ≤ 0 (the order of the ends does not matter)."""
-    along_a = jnp.dot(metric.velocity(inverse_mass, momentum_a), momentum_sum)
-    along_b = jnp.dot(metric.velocity(inverse_mass, momentum_b), momentum_sum)
-    return (along_a <= 0) | (along_b <= 0)
+    """Generalised U-turn: M⁻¹p_a · ρ ≤ 0 or M⁻¹p_b · ρ ≤ 0 (the order of the ends does not matter),
+    computed as p_a · M⁻¹ρ and p_b · M⁻¹ρ (M⁻¹ is symmetric): one product with M⁻¹, not two."""
+    velocity_sum = metric.velocity(inverse_mass, momentum_sum)
+    return (jnp.dot(momentum_a, velocity_sum) <= 0) | (jnp.dot(momentum_b, velocity_sum) <= 0)
 
 
 def _where(condition, new, old):
