@@ -38,41 +38,57 @@ def initial_positions(
             from it, a value outside its support, or no finite log density (naming the sites).
     """
     if init is not None:
-        flat = _flat_from_user_values(model, init)
-        require_finite(model, flat, "the given initial values")
+        flat = user_position(model, init)
         positions = jnp.broadcast_to(flat, (count, flat.size))
         log_densities = model.program("log_densities", lambda: jax.jit(jax.vmap(model.flat_log_joint)))
         return positions, log_densities(positions)
 
-    center = np.asarray(model.ravel(model.init_position))
-    attempt = model.program(("initial_attempt", count), lambda: _attempt_program(model, count))
-
-    positions = np.zeros((count, center.size), center.dtype)
-    finite = np.zeros(count, bool)
-    for attempt_index in range(INIT_ATTEMPTS):
-        positions, log_densities = attempt(key, attempt_index, positions, finite)
-        finite = np.isfinite(np.asarray(log_densities))
-        if finite.all():
-            return positions, log_densities
-    bad = positions[int(np.argmin(finite))]
-    require_finite(model, bad, f"{INIT_ATTEMPTS} random starting points in [-2, 2]")
-    raise AssertionError("unreachable: require_finite raised")
+    draw = model.program(("initial_positions", count),
+                         lambda: jax.jit(lambda key: draw_initial_positions(model, key, count)))
+    positions, log_densities = draw(key)
+    check_initial_positions(model, positions, log_densities)
+    return positions, log_densities
 
 
-def _attempt_program(model: Model, count: int):
-    """One compiled program for every attempt: redraw the rows that are not finite yet."""
-    center = np.asarray(model.ravel(model.init_position))
+def draw_initial_positions(model: Model, key: jax.Array, count: int) -> tuple[jax.Array, jax.Array]:
+    """``count`` rows ``model.init_position + U(-2, 2)`` and their log densities, the rows whose
+    log density is not finite redrawn up to 100 times (attempt i draws with ``fold_in(key, i)``).
+    Traceable: the driver compiles it into its first program. A row may still be non-finite
+    after the last attempt; :func:`check_initial_positions` says which sites are to blame."""
+    center = model.ravel(model.init_position)
 
-    @jax.jit
-    def attempt(key, attempt_index, positions, finite):
+    def redraw(carry):
+        attempt, positions, log_densities = carry
         # Drawn flat and reshaped: the same numbers, a much faster compilation.
         draw = center + jax.random.uniform(
-            jax.random.fold_in(key, attempt_index), (count * center.size,), center.dtype, -INIT_RADIUS, INIT_RADIUS
+            jax.random.fold_in(key, attempt), (count * center.size,), center.dtype, -INIT_RADIUS, INIT_RADIUS
         ).reshape(count, center.size)
-        positions = jnp.where(finite[:, None], positions, draw)
-        return positions, jax.vmap(model.flat_log_joint)(positions)
+        positions = jnp.where(jnp.isfinite(log_densities)[:, None], positions, draw)
+        return attempt + 1, positions, jax.vmap(model.flat_log_joint)(positions)
 
-    return attempt
+    def some_not_finite(carry):
+        attempt, _, log_densities = carry
+        return (attempt < INIT_ATTEMPTS) & ~jnp.all(jnp.isfinite(log_densities))
+
+    start = (jnp.int32(0), jnp.zeros((count, center.size), center.dtype), jnp.full(count, -jnp.inf, center.dtype))
+    _, positions, log_densities = jax.lax.while_loop(some_not_finite, redraw, start)
+    return positions, log_densities
+
+
+def check_initial_positions(model: Model, positions, log_densities) -> None:
+    """Raise an InitializationError naming the sites to blame if a drawn start is not finite."""
+    finite = np.isfinite(np.asarray(log_densities))
+    if not finite.all():
+        bad = np.asarray(positions)[int(np.argmin(finite))]
+        require_finite(model, bad, f"{INIT_ATTEMPTS} random starting points in [-2, 2]")
+
+
+def user_position(model: Model, init: dict[str, Any]) -> jax.Array:
+    """The flat unconstrained position of the user's constrained values ``{site: value}``,
+    checked (names, supports, shapes, a finite log density)."""
+    flat = _flat_from_user_values(model, init)
+    require_finite(model, flat, "the given initial values")
+    return flat
 
 
 def _flat_from_user_values(model: Model, init) -> jax.Array:

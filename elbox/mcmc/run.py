@@ -28,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from elbox import arviz_compat, checks
 from elbox.errors import SettingsError
-from elbox.initialization import initial_positions
+from elbox.initialization import check_initial_positions, draw_initial_positions, user_position
 from elbox.loop import ChunkedLoop, choose_chunk_size
 from elbox.mcmc.base import Sampler
 from elbox.mcmc.registry import DEFAULT_METHOD, SAMPLERS
@@ -130,17 +130,14 @@ def sample(
     program = model.program(_program_key(method, options, chains, warmup, chunk_size, chain_method, mesh), build)
     sampler = program.sampler
 
-    key_init, key_warmup, key_sampling, tuner_keys = program.split_key(key)
-    positions, log_densities = initial_positions(model, key_init, chains, init)
-    if mesh is not None:
-        positions, log_densities, tuner_keys = jax.device_put((positions, log_densities, tuner_keys),
-                                                              NamedSharding(mesh, PartitionSpec("chain")))
-    carry = program.start(positions, log_densities, tuner_keys)
+    given = None if init is None else user_position(model, init)
+    carry, key_warmup, key_sampling, placeholder, positions, log_densities = program.start(key, given)
+    if given is None:
+        check_initial_positions(model, positions, log_densities)
     compiled_before = program.loop.compiled is not None
     with bar:
         bar.phase("warmup")
-        warm = program.loop.run(carry, key_warmup, warmup, {"warmup": jnp.bool_(True),
-                                                            "params": program.placeholder(carry[1])},
+        warm = program.loop.run(carry, key_warmup, warmup, {"warmup": jnp.bool_(True), "params": placeholder},
                                 on_chunk=bar.update, keep_outputs=False)
         _, tuner_states, totals = warm.carry
         final_params = program.final_params(tuner_states)
@@ -171,9 +168,7 @@ class _Program(NamedTuple):
     """What a run of one sampler on one model compiles, kept with the model for the next run."""
 
     sampler: Sampler
-    split_key: Callable
     start: Callable
-    placeholder: Callable
     final_params: Callable
     loop: ChunkedLoop
 
@@ -233,21 +228,29 @@ def _compile_program(model: Model, sampler: Sampler, chains: int, warmup: int, c
         return tree if by_chain is None else jax.lax.with_sharding_constraint(tree, by_chain)
 
     @jax.jit
-    def split_key(key):
-        """The run's keys: initial positions, warm-up, sampling, and one per chain for its tuner."""
+    def start(key, given):
+        """The first carry (kernel and tuner states, zero warm-up totals), the warm-up and
+        sampling keys, the warm-up's stand-in for the fixed parameters, and the chains'
+        starting points (drawn, or ``given``) with their log densities."""
         key_init, key_warmup, key_sampling = jax.random.split(key, 3)
-        return key_init, key_warmup, key_sampling, jax.random.split(jax.random.fold_in(key_init, 1), chains)
+        tuner_keys = jax.random.split(jax.random.fold_in(key_init, 1), chains)
+        if given is None:
+            positions, log_densities = draw_initial_positions(model, key_init, chains)
+        else:
+            positions = jnp.broadcast_to(given, (chains, given.size))
+            log_densities = jax.vmap(log_density_fn)(positions)
+        positions, log_densities, tuner_keys = constrain((positions, log_densities, tuner_keys))
 
-    @jax.jit
-    def start(positions, log_densities, keys):
-        """The first carry: kernel and tuner states, and zero warm-up totals."""
         def one_chain(position, log_density, key):
             state = sampler.init(position, log_density, log_density_fn)
             return state, tuner.init(key, state, log_density_fn)
 
-        states, tuner_states = _map_chains(one_chain, chain_method, groups)(positions, log_densities, keys)
+        states, tuner_states = _map_chains(one_chain, chain_method, groups)(positions, log_densities, tuner_keys)
         totals = {name: jnp.zeros(chains, positions.dtype) for name in WARMUP_TOTALS}
-        return constrain((states, tuner_states, totals))
+        # axis_size: a tuner that adapts nothing has an empty state, which vmap cannot size by itself.
+        placeholder = jax.vmap(tuner.params, axis_size=chains)(tuner_states)
+        return (constrain((states, tuner_states, totals)), key_warmup, key_sampling, constrain(placeholder),
+                positions, log_densities)
 
     schedule = warmup_schedule(warmup)
     # One trailing entry so that the schedule can be indexed even when warmup == 0.
@@ -277,8 +280,6 @@ def _compile_program(model: Model, sampler: Sampler, chains: int, warmup: int, c
                   for name in totals}
         return (states, tuner_states, totals), (states.position, stats)
 
-    # axis_size: a tuner that adapts nothing has an empty state, which vmap cannot size by itself.
     final_params = jax.jit(lambda ts: constrain(jax.vmap(tuner.final, axis_size=chains)(ts)))
-    placeholder = jax.jit(lambda ts: constrain(jax.vmap(tuner.params, axis_size=chains)(ts)))
     loop = ChunkedLoop(step, chunk_size)
-    return _Program(sampler, split_key, start, placeholder, final_params, loop)
+    return _Program(sampler, start, final_params, loop)

@@ -98,17 +98,22 @@ def initial_step_size(
         end = step(start, step_size, inverse_mass)
         return jnp.nan_to_num(start_energy - integrators.energy(end, inverse_mass), nan=-jnp.inf)
 
-    direction = jnp.where(log_acceptance(step_size) > log_target, 1.0, -1.0)
-
+    # One loop, whose first pass only measures ε_0 and picks the direction, so that the model's
+    # gradient appears once in the compiled program (its compilation is most of the cost).
     def keep_going(carry):
-        step_size, count = carry
-        return (count < HEURISTIC_MAX_DOUBLINGS) & (direction * log_acceptance(step_size) > direction * log_target)
+        _, count, log_accept, direction = carry
+        return (count < 0) | ((count < HEURISTIC_MAX_DOUBLINGS) & (direction * log_accept > direction * log_target))
 
     def change(carry):
-        step_size, count = carry
-        return step_size * 2.0**direction, count + 1
+        step_size, count, _, direction = carry
+        step_size = jnp.where(count < 0, step_size, step_size * 2.0**direction)
+        log_accept = log_acceptance(step_size)
+        direction = jnp.where(count < 0, jnp.where(log_accept > log_target, 1.0, -1.0), direction)
+        return step_size, count + 1, log_accept, direction
 
-    step_size, _ = jax.lax.while_loop(keep_going, change, (step_size, 0))
+    dtype = jnp.result_type(step_size)
+    step_size, _, _, direction = jax.lax.while_loop(
+        keep_going, change, (step_size, -1, jnp.zeros((), dtype), jnp.ones((), dtype)))
     # The loop stops one step past the crossing going up; going down it stops at the first
     # step size that is accepted often enough.
     return jnp.where(direction > 0, step_size / 2.0, step_size)
