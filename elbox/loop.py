@@ -69,14 +69,20 @@ class ChunkedLoop:
         self.compile_seconds = 0.0
 
     def _chunk(self, carry, key, start, num_steps, phase_args):
+        traced_outputs = []
+
         def body(carry, offset):
             t = start + offset
 
             def take_step(carry):
-                return self.step_fn(carry, jax.random.fold_in(key, t), t, phase_args)
+                new_carry, outputs = self.step_fn(carry, jax.random.fold_in(key, t), t, phase_args)
+                traced_outputs.append(jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), outputs))
+                return new_carry, outputs
 
             def skip(carry):  # a padded step past the phase's end: nothing changes
-                out_shape = jax.eval_shape(take_step, carry)[1]
+                # The outputs' shapes as take_step's trace found them (cond traces it first): tracing
+                # a step again only to learn them would double the time to compile.
+                out_shape = traced_outputs[-1] if traced_outputs else jax.eval_shape(take_step, carry)[1]
                 return carry, jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape)
 
             return jax.lax.cond(t < num_steps, take_step, skip, carry)
