@@ -8,7 +8,9 @@ each library with its own default diagonal mass matrix:
 * elbox: ``elbox.sample(Model.from_numpyro(fn), key, method="nuts", chains=4, warmup=1000,
   draws=1000, progress=False)``, its defaults (``mass_matrix="diagonal_gradient"``: nutpie's
   estimate from the draws and the gradients); and again as ``elbox-stan-diagonal`` with
-  ``mass_matrix="diagonal"`` (Stan's regularised window variances, as the peers use);
+  ``mass_matrix="diagonal"`` (Stan's regularised window variances, as the peers use), and as
+  ``elbox-low-rank`` with ``mass_matrix="low_rank"`` (nutpie's diagonal with a low-rank
+  correction fitted to the window's draws and gradients, for correlated posteriors);
 * NumPyro: ``MCMC(NUTS(fn), num_chains=4, chain_method="vectorized")``, ``mcmc.run``;
 * BlackJAX: the log density is minus NumPyro's ``potential_fn`` from
   ``numpyro.infer.util.initialize_model`` (the function NumPyro's own NUTS samples);
@@ -27,9 +29,9 @@ same way for every library, before anything compiles): the first process fills t
 the second loads from it (warm). Each times its imports and its first result only.
 
 Usage:
-    python benchmarks/bench_nuts.py                 # the full run (about 11-12 minutes on 2 cores)
+    python benchmarks/bench_nuts.py                 # the full run (about 15 minutes on 2 cores)
     python benchmarks/bench_nuts.py --quick         # a smoke run: eight_schools, few draws, 1 repeat
-    python benchmarks/bench_nuts.py --compilation-cache   # cold and warm compilation cache (about 16 minutes)
+    python benchmarks/bench_nuts.py --compilation-cache   # cold and warm compilation cache (about 20 minutes)
     python benchmarks/bench_nuts.py --problems funnel gaussian_100d --repeats 5
     python benchmarks/bench_nuts.py --worker elbox eight_schools 1000 1000 0   # one raw measurement, seed 0
 """
@@ -56,8 +58,10 @@ from _common import (
 
 BENCHMARK = "nuts"
 # elbox at its defaults, elbox with Stan's diagonal mass matrix, and the peers at theirs.
-LIBRARIES = ("elbox", "elbox-stan-diagonal", "numpyro", "blackjax")
-ELBOX_LINES = ("elbox", "elbox-stan-diagonal")
+LIBRARIES = ("elbox", "elbox-stan-diagonal", "elbox-low-rank", "numpyro", "blackjax")
+ELBOX_LINES = ("elbox", "elbox-stan-diagonal", "elbox-low-rank")
+# The elbox lines with options other than the defaults, and the prefix of their summary ratios.
+ELBOX_VARIANT_PREFIXES = {"elbox-stan-diagonal": "stan_diagonal_", "elbox-low-rank": "low_rank_"}
 PEERS = ("numpyro", "blackjax")
 PROBLEMS = ("eight_schools", "logistic_5000x25", "gaussian_100d", "funnel")
 QUICK_PROBLEMS = ("eight_schools",)
@@ -167,6 +171,10 @@ def start_elbox(elbox, fn, problem, warmup, draws, **options):
 
 def start_elbox_stan_diagonal(elbox, fn, problem, warmup, draws):
     return start_elbox(elbox, fn, problem, warmup, draws, mass_matrix="diagonal")
+
+
+def start_elbox_low_rank(elbox, fn, problem, warmup, draws):
+    return start_elbox(elbox, fn, problem, warmup, draws, mass_matrix="low_rank")
 
 
 def extract_elbox(results, sites):
@@ -315,6 +323,7 @@ def extract_blackjax(raw, sites):
 LIBRARY_FUNCTIONS = {
     "elbox": (import_elbox, start_elbox, extract_elbox),
     "elbox-stan-diagonal": (import_elbox, start_elbox_stan_diagonal, extract_elbox),
+    "elbox-low-rank": (import_elbox, start_elbox_low_rank, extract_elbox),
     "numpyro": (import_numpyro, start_numpyro, extract_numpyro),
     "blackjax": (import_blackjax, start_blackjax, extract_blackjax),
 }
@@ -331,7 +340,7 @@ def mass_matrix_of(library: str) -> str:
         from elbox.mcmc.window_adaptation import DEFAULT_MASS_MATRIX
 
         return f"{DEFAULT_MASS_MATRIX} (elbox's default)"
-    return {"elbox-stan-diagonal": "diagonal", "numpyro": "diagonal (NumPyro's default)",
+    return {"elbox-stan-diagonal": "diagonal", "elbox-low-rank": "low_rank", "numpyro": "diagonal (NumPyro's default)",
             "blackjax": "diagonal (is_mass_matrix_diagonal=True)"}[library]
 
 
@@ -522,7 +531,8 @@ def cache_library_line(problem: str, library: str, pairs: list, failures: list, 
 
 def summary_line(problem: str, lines: dict, ratios: tuple) -> dict:
     """Each elbox line against the best peer: ``*_ratio`` for elbox at its defaults,
-    ``stan_diagonal_*_ratio`` for elbox with Stan's diagonal mass matrix."""
+    ``stan_diagonal_*_ratio`` and ``low_rank_*_ratio`` for elbox with Stan's diagonal and with
+    the low-rank mass matrix."""
 
     def best(field, pick):
         values = {lib: lines[lib][field] for lib in PEERS if lines[lib].get(field) is not None}
@@ -533,15 +543,15 @@ def summary_line(problem: str, lines: dict, ratios: tuple) -> dict:
 
     summary = {"benchmark": BENCHMARK, "problem": problem, "summary": True,
                "compilation_cache": lines["elbox"]["compilation_cache"]}
-    for library, prefix in (("elbox", ""), ("elbox-stan-diagonal", "stan_diagonal_")):
+    for library, prefix in (("elbox", ""), *ELBOX_VARIANT_PREFIXES.items()):
         for field, pick, name in ratios:
             peer, value = best(field, pick)
             mine = lines[library].get(field)
             summary[prefix + name] = None if mine is None or not value else round(mine / value, 4)
             if not prefix:
                 summary[f"{name}_peer"] = peer
-    summary["elbox_failures"] = len(lines["elbox"]["failures"])
-    summary["elbox_stan_diagonal_failures"] = len(lines["elbox-stan-diagonal"]["failures"])
+    for library in ELBOX_LINES:
+        summary[f"{library.replace('-', '_')}_failures"] = len(lines[library]["failures"])
     return summary
 
 
