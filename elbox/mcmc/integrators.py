@@ -36,7 +36,9 @@ class GradientState(NamedTuple):
 
 class StepParams(NamedTuple):
     """The tunable parameters of a gradient kernel: ``step_size`` ε (a scalar) and the
-    ``inverse_mass`` matrix M⁻¹ (a vector for a diagonal, a matrix for a dense one)."""
+    ``inverse_mass`` matrix M⁻¹ (a vector for a diagonal, a matrix for a dense one, a
+    :class:`~elbox.mcmc.metric.LowRankInverseMass`, or None for the identity in whitened
+    coordinates)."""
 
     step_size: jax.Array
     inverse_mass: jax.Array
@@ -69,6 +71,29 @@ def leapfrog(log_density_and_grad: Callable) -> Callable:
         momentum = state.momentum + 0.5 * step_size * state.log_density_grad
         position = state.position + step_size * metric.velocity(inverse_mass, momentum)
         log_density, grad = log_density_and_grad(position)
+        momentum = momentum + 0.5 * step_size * grad
+        return IntegratorState(position, momentum, log_density, grad)
+
+    return step
+
+
+def whitened_leapfrog(log_density_and_grad: Callable, factor: metric.Factor) -> Callable:
+    """``step(state, step_size, None) -> state``: the leapfrog step of :func:`leapfrog` for the
+    metric M⁻¹ = L Lᵀ, taken in coordinates where that metric is the identity
+    (:class:`~elbox.mcmc.metric.Factor`). The state's position and log density are the model's
+    (z); its momentum and gradient are the whitened ones, p_w = Lᵀ p and g_w = Lᵀ ∇ log p(z):
+
+        p_w ← p_w + (ε/2) g_w;   z ← z + ε L p_w;   p_w ← p_w + (ε/2) Lᵀ ∇ log p(z)
+
+    the same path as :func:`leapfrog` with M⁻¹ (up to rounding), with two products with L per
+    step and none for the kinetic energy or a U-turn check (½ |p_w|² and p_w · ρ_w).
+    """
+
+    def step(state: IntegratorState, step_size, inverse_mass=None) -> IntegratorState:
+        momentum = state.momentum + 0.5 * step_size * state.log_density_grad
+        position = state.position + step_size * factor.apply(momentum)
+        log_density, grad = log_density_and_grad(position)
+        grad = factor.apply_transpose(grad)
         momentum = momentum + 0.5 * step_size * grad
         return IntegratorState(position, momentum, log_density, grad)
 

@@ -9,6 +9,7 @@ the kernel is traced, so no branch is left in the compiled program.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -32,6 +33,35 @@ def _low_rank_power(inverse_mass: LowRankInverseMass, vector, power) -> jax.Arra
     return vector + inverse_mass.vectors @ coefficients
 
 
+class Factor(NamedTuple):
+    """A square root L of M⁻¹ = L Lᵀ, as the products a kernel needs: ``apply(x)`` = L x,
+    ``apply_transpose(x)`` = Lᵀ x and ``solve_transpose(x)`` = L⁻ᵀ x.
+
+    In the coordinates w = L⁻¹ z the metric is the identity: a momentum p_w = Lᵀ p has kinetic
+    energy ½ |p_w|², moves z at velocity L p_w = M⁻¹ p, and the gradient there is g_w = Lᵀ g.
+    """
+
+    apply: Callable
+    apply_transpose: Callable
+    solve_transpose: Callable
+
+
+def factor(inverse_mass) -> Factor:
+    """L with L Lᵀ = M⁻¹: sqrt(M⁻¹) for a diagonal, the Cholesky factor for a dense matrix, and
+    diag(scale) (I + V diag(λ^½ − 1) Vᵀ) for a :class:`LowRankInverseMass`."""
+    if isinstance(inverse_mass, LowRankInverseMass):
+        scale = inverse_mass.scale
+        return Factor(lambda x: scale * _low_rank_power(inverse_mass, x, 0.5),
+                      lambda x: _low_rank_power(inverse_mass, scale * x, 0.5),
+                      lambda x: _low_rank_power(inverse_mass, x, -0.5) / scale)
+    if inverse_mass.ndim == 1:
+        root = jnp.sqrt(inverse_mass)
+        return Factor(lambda x: root * x, lambda x: root * x, lambda x: x / root)
+    lower = jnp.linalg.cholesky(inverse_mass)
+    return Factor(lambda x: lower @ x, lambda x: lower.T @ x,
+                  lambda x: jax.scipy.linalg.solve_triangular(lower, x, lower=True, trans="T"))
+
+
 def as_matrix(inverse_mass) -> jax.Array:
     """M⁻¹ as a vector (diagonal) or a matrix, whatever its form."""
     if isinstance(inverse_mass, LowRankInverseMass):
@@ -41,14 +71,16 @@ def as_matrix(inverse_mass) -> jax.Array:
     return inverse_mass
 
 
-def velocity(inverse_mass: jax.Array, momentum: jax.Array) -> jax.Array:
-    """dz/dt = M⁻¹ p."""
+def velocity(inverse_mass: jax.Array | None, momentum: jax.Array) -> jax.Array:
+    """dz/dt = M⁻¹ p; ``None`` stands for the identity (whitened coordinates, :class:`Factor`)."""
+    if inverse_mass is None:
+        return momentum
     if isinstance(inverse_mass, LowRankInverseMass):
         return inverse_mass.scale * _low_rank_power(inverse_mass, inverse_mass.scale * momentum, 1.0)
     return inverse_mass * momentum if inverse_mass.ndim == 1 else inverse_mass @ momentum
 
 
-def kinetic_energy(inverse_mass: jax.Array, momentum: jax.Array) -> jax.Array:
+def kinetic_energy(inverse_mass: jax.Array | None, momentum: jax.Array) -> jax.Array:
     """K(p) = ½ pᵀ M⁻¹ p (the log-determinant of M is constant and left out)."""
     return 0.5 * jnp.dot(momentum, velocity(inverse_mass, momentum))
 

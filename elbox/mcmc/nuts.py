@@ -256,18 +256,30 @@ def build_trajectory(step, key, start: IntegratorState, start_energy, params: St
 
 
 def build_kernel(log_density_fn: Callable, max_tree_depth: int = MAX_TREE_DEPTH) -> Callable:
-    """``kernel(key, state, params) -> (state, info)``: one NUTS transition."""
-    step = integrators.leapfrog(integrators.value_and_grad(log_density_fn))
+    """``kernel(key, state, params) -> (state, info)``: one NUTS transition.
+
+    The trajectory is built with whitened momenta and gradients (M⁻¹ = L Lᵀ,
+    :func:`~elbox.mcmc.integrators.whitened_leapfrog`), where the metric is the identity: the
+    same trajectory as with M⁻¹ itself, but a leaf costs two products with L whatever the
+    number of U-turn checks, which matters for dense and low-rank mass matrices.
+    """
+    log_density_and_grad = integrators.value_and_grad(log_density_fn)
 
     def kernel(key, state: GradientState, params: StepParams):
         key_momentum, key_directions, key_tree = jax.random.split(key, 3)
-        momentum = metric.sample_momentum(key_momentum, params.inverse_mass, state.position)
-        start = IntegratorState(state.position, momentum, state.log_density, state.log_density_grad)
-        start_energy = integrators.energy(start, params.inverse_mass)
+        factor = metric.factor(params.inverse_mass)
+        step = integrators.whitened_leapfrog(log_density_and_grad, factor)
+        # p_w = Lᵀ p ~ N(0, I) for p ~ N(0, M).
+        momentum = jax.random.normal(key_momentum, state.position.shape, state.position.dtype)
+        start = IntegratorState(state.position, momentum, state.log_density,
+                                factor.apply_transpose(state.log_density_grad))
+        identity = StepParams(params.step_size, None)
+        start_energy = integrators.energy(start, identity.inverse_mass)
         directions = jnp.where(jax.random.bernoulli(key_directions, shape=(max_tree_depth,)), 1, -1)
-        tree, info = build_trajectory(step, key_tree, start, start_energy, params, directions, max_tree_depth)
+        tree, info = build_trajectory(step, key_tree, start, start_energy, identity, directions, max_tree_depth)
         chosen = tree.proposal
-        return GradientState(chosen.position, chosen.log_density, chosen.log_density_grad), info
+        gradient = factor.solve_transpose(chosen.log_density_grad)  # back from g_w = Lᵀ g
+        return GradientState(chosen.position, chosen.log_density, gradient), info
 
     return kernel
 
