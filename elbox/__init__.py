@@ -3,6 +3,12 @@
 The public names are listed in ``__all__``; everything else is an implementation detail.
 """
 
+from elbox.cpu_devices import use_cpu_devices
+
+# Before anything below can make JAX start its backends: one CPU device per core (or per default
+# chain), so that a run's chains use the host's cores (elbox.cpu_devices says when it does not).
+use_cpu_devices()
+
 from elbox import models
 from elbox.compilation_cache import enable_compilation_cache
 from elbox.errors import (
@@ -47,4 +53,5 @@ __all__ = [
     "initial_positions",
     "models",
     "sample",
+    "use_cpu_devices",
 ]

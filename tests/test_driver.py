@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import elbox
+from elbox import cpu_devices
 from elbox.mcmc import registry
 from elbox.mcmc.base import Sampler, Tuner
 
@@ -187,3 +188,36 @@ def test_the_elbox_command_keeps_compiled_programs_between_runs(tmp_path):
     off = tmp_path / "off"
     run("off", "off")
     assert not off.exists()
+
+
+CPU_DEVICES = """
+import os, sys
+import elbox, jax
+from elbox import cpu_devices
+expected = {"default": cpu_devices.default_count(), "off": 1, "3": 3, "chosen": 2, "late": 1}[sys.argv[1]]
+assert len(jax.devices()) == expected, (sys.argv[1], jax.devices())
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("case", ["default", "off", "3", "chosen", "late"])
+def test_elbox_asks_for_cpu_devices_unless_the_user_chose(tmp_path, case):
+    """Importing elbox gives max(cores, 4) CPU devices; ELBOX_CPU_DEVICES=off or a number, a device
+    count in XLA_FLAGS, and a JAX that has already run are respected."""
+    import os
+    import subprocess
+    import sys
+
+    environment = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "ELBOX_CPU_DEVICES")}
+    if case in ("off", "3"):
+        environment["ELBOX_CPU_DEVICES"] = case
+    if case == "chosen":
+        environment["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    script = tmp_path / "devices.py"
+    # "late": JAX runs something before elbox is imported; its single device stays.
+    script.write_text(("import jax\njax.numpy.zeros(1)\n" if case == "late" else "") + CPU_DEVICES)
+    completed = subprocess.run([sys.executable, str(script), case], capture_output=True, text=True, timeout=120,
+                               env=environment)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.strip().endswith("ok")
+    assert cpu_devices.default_count() >= cpu_devices.MIN_CPU_DEVICES

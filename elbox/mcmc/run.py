@@ -7,11 +7,14 @@ nothing else about the sampler.
 
 Chains run side by side (``vmap``; ``chain_method="vectorized"``) or one after another within
 each step (``lax.map``; ``"sequential"``: a chain never waits for another's longer NUTS
-trajectory). When JAX sees several devices (GPUs, TPU cores, or CPU devices made with
-``XLA_FLAGS=--xla_force_host_platform_device_count=N``), the chains are split across them with
-``jax.sharding`` (a one-axis mesh over chains). The draws are the same whichever way the
-chains run. The compiled programs are kept with the model: a second call with the same
-settings and shapes compiles nothing.
+trajectory). When JAX sees several devices (GPUs, TPU cores, or the CPU devices that elbox asks
+for when it is imported, :mod:`elbox.cpu_devices`), the chains are split across them: a
+one-axis mesh over chains and ``shard_map``, each device running its own chains with nothing
+exchanged between devices while they run. The draws are the same whichever way the chains run,
+up to floating-point rounding (the compiler may round a batch of two chains differently from a
+batch of four; on a chaotic target such as Neal's funnel such differences grow over a run). The
+compiled programs are kept with the model: a second call with the same settings and shapes
+compiles nothing.
 """
 
 from __future__ import annotations
@@ -201,18 +204,21 @@ def _chain_mesh(chains: int, devices: int | None) -> Mesh | None:
     return None if devices == 1 else Mesh(np.array(available[:devices]), ("chain",))
 
 
-def _map_chains(fn: Callable, chain_method: str, groups: int) -> Callable:
-    """``fn`` over the leading (chain) axis of its arguments: ``vmap``, or for ``"sequential"`` a
-    ``lax.map`` within each of ``groups`` device groups (``vmap`` over the groups)."""
+def _map_chains(fn: Callable, chain_method: str, mesh: Mesh | None) -> Callable:
+    """``fn`` over the leading (chain) axis of its arguments: ``vmap``, or ``lax.map`` for
+    ``"sequential"``; with a mesh, each device maps over its own chains (``shard_map``), so that
+    no device waits for another's trajectories or exchanges anything with it while they run."""
     if chain_method == "vectorized":
-        return jax.vmap(fn)
-
-    def mapped(*args):
-        grouped = jax.tree_util.tree_map(lambda x: x.reshape(groups, x.shape[0] // groups, *x.shape[1:]), args)
-        out = jax.vmap(lambda *group: jax.lax.map(lambda a: fn(*a), group))(*grouped)
-        return jax.tree_util.tree_map(lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]), out)
-
-    return mapped
+        mapped = jax.vmap(fn)
+    else:
+        def mapped(*args):
+            return jax.lax.map(lambda a: fn(*a), args)
+    if mesh is None:
+        return mapped
+    # check_vma=False: the chains' loops start from constants shared by all devices and carry
+    # per-device values; nothing crosses devices, so there is nothing for the check to protect.
+    return jax.shard_map(mapped, mesh=mesh, in_specs=PartitionSpec("chain"), out_specs=PartitionSpec("chain"),
+                         check_vma=False)
 
 
 def _compile_program(model: Model, sampler: Sampler, chains: int, warmup: int, chunk_size: int,
@@ -220,7 +226,6 @@ def _compile_program(model: Model, sampler: Sampler, chains: int, warmup: int, c
     log_density_fn = model.flat_log_joint
     kernel = sampler.build_kernel(log_density_fn)
     tuner = sampler.tuner
-    groups = 1 if mesh is None else mesh.devices.size
     by_chain = None if mesh is None else NamedSharding(mesh, PartitionSpec("chain"))
 
     def constrain(tree):
@@ -245,7 +250,7 @@ def _compile_program(model: Model, sampler: Sampler, chains: int, warmup: int, c
             state = sampler.init(position, log_density, log_density_fn)
             return state, tuner.init(key, state, log_density_fn)
 
-        states, tuner_states = _map_chains(one_chain, chain_method, groups)(positions, log_densities, tuner_keys)
+        states, tuner_states = _map_chains(one_chain, chain_method, mesh)(positions, log_densities, tuner_keys)
         totals = {name: jnp.zeros(chains, positions.dtype) for name in WARMUP_TOTALS}
         # axis_size: a tuner that adapts nothing has an empty state, which vmap cannot size by itself.
         placeholder = jax.vmap(tuner.params, axis_size=chains)(tuner_states)
@@ -274,7 +279,7 @@ def _compile_program(model: Model, sampler: Sampler, chains: int, warmup: int, c
             return state, tuner_state, sampler.stats(info, state)
 
         states, tuner_states, stats = constrain(
-            _map_chains(one_chain, chain_method, groups)(keys, states, tuner_states, phase["params"]))
+            _map_chains(one_chain, chain_method, mesh)(keys, states, tuner_states, phase["params"]))
         # A statistic the sampler does not report adds nothing (and is dropped from the results).
         totals = {name: totals[name] + jnp.where(phase["warmup"], stats.get(name, 0), 0).astype(totals[name].dtype)
                   for name in totals}
