@@ -11,11 +11,19 @@ each library with its own default diagonal mass matrix:
   ``mass_matrix="diagonal"`` (Stan's regularised window variances, as the peers use), and as
   ``elbox-low-rank`` with ``mass_matrix="low_rank"`` (nutpie's diagonal with a low-rank
   correction fitted to the window's draws and gradients, for correlated posteriors);
-* NumPyro: ``MCMC(NUTS(fn), num_chains=4, chain_method="vectorized")``, ``mcmc.run``;
+* NumPyro: ``MCMC(NUTS(fn), num_chains=4, chain_method="vectorized")``, ``mcmc.run``; and as
+  ``numpyro-parallel`` with ``chain_method="parallel"`` on 4 CPU devices
+  (``numpyro.set_host_device_count(4)``), one chain per device;
 * BlackJAX: the log density is minus NumPyro's ``potential_fn`` from
   ``numpyro.infer.util.initialize_model`` (the function NumPyro's own NUTS samples);
   ``blackjax.window_adaptation`` then a ``lax.scan`` of ``blackjax.nuts`` steps, per chain,
-  ``vmap``-ped over the chains inside one ``jit``.
+  ``vmap``-ped over the chains inside one ``jit``; and as ``blackjax-parallel``, ``pmap``-ped
+  over 4 CPU devices (``jax_num_cpu_devices``), one chain per device.
+
+elbox runs its chains on the CPU devices it asks JAX for when imported (max(cores, 4): one per
+chain here; ``elbox.cpu_devices``), so the ``-parallel`` lines are the peers' equivalent. The
+best peer of each ratio is the best of the four peer lines. ``elbox-stan-diagonal`` runs only
+when asked for (``--libraries``).
 
 Each measurement runs in a fresh Python process (this script, started again with ``--worker``):
 it times the imports, then the first result (building the model or kernel, compiling, warm-up,
@@ -29,7 +37,7 @@ same way for every library, before anything compiles): the first process fills t
 the second loads from it (warm). Each times its imports and its first result only.
 
 Usage:
-    python benchmarks/bench_nuts.py                 # the full run (about 15 minutes on 2 cores)
+    python benchmarks/bench_nuts.py                 # the full run (about 20 minutes on 2 cores)
     python benchmarks/bench_nuts.py --quick         # a smoke run: eight_schools, few draws, 1 repeat
     python benchmarks/bench_nuts.py --compilation-cache   # cold and warm compilation cache (about 20 minutes)
     python benchmarks/bench_nuts.py --problems funnel gaussian_100d --repeats 5
@@ -58,14 +66,19 @@ from _common import (
 
 BENCHMARK = "nuts"
 # elbox at its defaults, elbox with Stan's diagonal mass matrix, and the peers at theirs.
-LIBRARIES = ("elbox", "elbox-stan-diagonal", "elbox-low-rank", "numpyro", "blackjax")
+LIBRARIES = ("elbox", "elbox-stan-diagonal", "elbox-low-rank", "numpyro", "numpyro-parallel", "blackjax",
+             "blackjax-parallel")
+# The default run leaves out Stan's diagonal (its comparison is in the README's earlier results).
+DEFAULT_LIBRARIES = ("elbox", "elbox-low-rank", "numpyro", "numpyro-parallel", "blackjax", "blackjax-parallel")
 ELBOX_LINES = ("elbox", "elbox-stan-diagonal", "elbox-low-rank")
 # The elbox lines with options other than the defaults, and the prefix of their summary ratios.
 ELBOX_VARIANT_PREFIXES = {"elbox-stan-diagonal": "stan_diagonal_", "elbox-low-rank": "low_rank_"}
-PEERS = ("numpyro", "blackjax")
+PEERS = ("numpyro", "numpyro-parallel", "blackjax", "blackjax-parallel")
 PROBLEMS = ("eight_schools", "logistic_5000x25", "gaussian_100d", "funnel")
 QUICK_PROBLEMS = ("eight_schools",)
 CHAINS = 4
+# The peers' chains on one CPU device each (pmap), as elbox's are by default: 4 CPU devices.
+PARALLEL_CPU_DEVICES = CHAINS
 WARMUP, DRAWS = 1000, 1000
 QUICK_WARMUP, QUICK_DRAWS = 200, 200
 TARGET_ACCEPTANCE = 0.8
@@ -203,13 +216,24 @@ def import_numpyro():
     return MCMC, NUTS
 
 
-def start_numpyro(imported, fn, problem, warmup, draws):
+def import_numpyro_parallel():
+    """NumPyro with one CPU device per chain: ``numpyro.set_host_device_count`` before JAX starts."""
+    import jax
+    import numpyro
+    from numpyro.infer import MCMC, NUTS
+
+    numpyro.set_host_device_count(PARALLEL_CPU_DEVICES)
+    assert len(jax.devices()) == PARALLEL_CPU_DEVICES, jax.devices()
+    return MCMC, NUTS
+
+
+def start_numpyro(imported, fn, problem, warmup, draws, chain_method="vectorized"):
     import jax
     import numpy as np
 
     MCMC, NUTS = imported
     kernel = NUTS(fn, dense_mass=False, target_accept_prob=TARGET_ACCEPTANCE, max_tree_depth=MAX_TREE_DEPTH)
-    mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=CHAINS, chain_method="vectorized",
+    mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=CHAINS, chain_method=chain_method,
                 progress_bar=False)
 
     def run(key):
@@ -219,6 +243,10 @@ def start_numpyro(imported, fn, problem, warmup, draws):
         return samples, extra, np.asarray(mcmc.last_state.adapt_state.step_size)
 
     return run
+
+
+def start_numpyro_parallel(imported, fn, problem, warmup, draws):
+    return start_numpyro(imported, fn, problem, warmup, draws, chain_method="parallel")
 
 
 def extract_numpyro(raw, sites):
@@ -243,7 +271,21 @@ def import_blackjax():
     return blackjax, initialize_model
 
 
-def start_blackjax(imported, fn, problem, warmup, draws):
+def import_blackjax_parallel():
+    """BlackJAX with one CPU device per chain (``jax_num_cpu_devices``, set before JAX starts)."""
+    import jax
+
+    jax.config.update("jax_num_cpu_devices", PARALLEL_CPU_DEVICES)
+    imported = import_blackjax()
+    assert len(jax.devices()) == PARALLEL_CPU_DEVICES, jax.devices()
+    return imported
+
+
+def start_blackjax_parallel(imported, fn, problem, warmup, draws):
+    return start_blackjax(imported, fn, problem, warmup, draws, parallel=True)
+
+
+def start_blackjax(imported, fn, problem, warmup, draws, parallel=False):
     import jax
     import jax.numpy as jnp
 
@@ -281,23 +323,23 @@ def start_blackjax(imported, fn, problem, warmup, draws):
         warmup_gradients = jnp.sum(warmup_info.info.num_integration_steps)
         return constrained, n_steps, diverging, acceptance, warmup_gradients, parameters["step_size"]
 
-    def run_chains(key):
-        return jax.vmap(one_chain)(jax.random.split(key, CHAINS))
-
+    # vmap over the chains in one jit, or (parallel) pmap: one chain per CPU device.
+    run_chains = jax.pmap(one_chain) if parallel else jax.jit(jax.vmap(one_chain))
     compiled = {}
 
     def run(key):
         import numpy as np
 
+        keys = jax.random.split(key, CHAINS)
         if "run" not in compiled:
             tic = time.perf_counter()
-            compiled["run"] = jax.jit(run_chains).lower(key).compile()
+            compiled["run"] = run_chains.lower(keys).compile()
             compiled["seconds"] = time.perf_counter() - tic
             compile_seconds = compiled["seconds"]
         else:
             compile_seconds = 0.0
         tic = time.perf_counter()
-        outputs = jax.block_until_ready(compiled["run"](key))
+        outputs = jax.block_until_ready(compiled["run"](keys))
         run_seconds = time.perf_counter() - tic
         return jax.tree_util.tree_map(np.asarray, outputs), {"compile": round(compile_seconds, 4),
                                                               "run": round(run_seconds, 4)}
@@ -325,14 +367,16 @@ LIBRARY_FUNCTIONS = {
     "elbox-stan-diagonal": (import_elbox, start_elbox_stan_diagonal, extract_elbox),
     "elbox-low-rank": (import_elbox, start_elbox_low_rank, extract_elbox),
     "numpyro": (import_numpyro, start_numpyro, extract_numpyro),
+    "numpyro-parallel": (import_numpyro_parallel, start_numpyro_parallel, extract_numpyro),
     "blackjax": (import_blackjax, start_blackjax, extract_blackjax),
+    "blackjax-parallel": (import_blackjax_parallel, start_blackjax_parallel, extract_blackjax),
 }
 
 
 def library_version(library: str) -> str:
     import importlib.metadata
 
-    return importlib.metadata.version("elbox" if library in ELBOX_LINES else library)
+    return importlib.metadata.version("elbox" if library in ELBOX_LINES else library.removesuffix("-parallel"))
 
 
 def mass_matrix_of(library: str) -> str:
@@ -341,7 +385,7 @@ def mass_matrix_of(library: str) -> str:
 
         return f"{DEFAULT_MASS_MATRIX} (elbox's default)"
     return {"elbox-stan-diagonal": "diagonal", "elbox-low-rank": "low_rank", "numpyro": "diagonal (NumPyro's default)",
-            "blackjax": "diagonal (is_mass_matrix_diagonal=True)"}[library]
+            "blackjax": "diagonal (is_mass_matrix_diagonal=True)"}[library.removesuffix("-parallel")]
 
 
 # -- the worker: one measurement in a fresh process -----------------------------------------------
@@ -535,7 +579,7 @@ def summary_line(problem: str, lines: dict, ratios: tuple) -> dict:
     the low-rank mass matrix."""
 
     def best(field, pick):
-        values = {lib: lines[lib][field] for lib in PEERS if lines[lib].get(field) is not None}
+        values = {lib: lines[lib][field] for lib in PEERS if lib in lines and lines[lib].get(field) is not None}
         if not values:
             return None, None
         peer = pick(values, key=values.get)
@@ -544,6 +588,8 @@ def summary_line(problem: str, lines: dict, ratios: tuple) -> dict:
     summary = {"benchmark": BENCHMARK, "problem": problem, "summary": True,
                "compilation_cache": lines["elbox"]["compilation_cache"]}
     for library, prefix in (("elbox", ""), *ELBOX_VARIANT_PREFIXES.items()):
+        if library not in lines:
+            continue
         for field, pick, name in ratios:
             peer, value = best(field, pick)
             mine = lines[library].get(field)
@@ -551,7 +597,8 @@ def summary_line(problem: str, lines: dict, ratios: tuple) -> dict:
             if not prefix:
                 summary[f"{name}_peer"] = peer
     for library in ELBOX_LINES:
-        summary[f"{library.replace('-', '_')}_failures"] = len(lines[library]["failures"])
+        if library in lines:
+            summary[f"{library.replace('-', '_')}_failures"] = len(lines[library]["failures"])
     return summary
 
 
@@ -590,15 +637,16 @@ def progress_text(result: dict) -> str:
             f"divergences {result['second']['divergences']}")
 
 
-def compare(problem: str, warmup: int, draws: int, repeats: int, timeout: float, cache_root: str | None = None) -> list:
-    """All libraries on ``problem``: one line each and a summary line. With ``cache_root``, each
+def compare(problem: str, warmup: int, draws: int, repeats: int, timeout: float, cache_root: str | None = None,
+            libraries: tuple = DEFAULT_LIBRARIES) -> list:
+    """The ``libraries`` on ``problem``: one line each and a summary line. With ``cache_root``, each
     measurement is a cold and a warm compilation-cache process (a new folder under it)."""
-    runs = {library: [] for library in LIBRARIES}
-    failures = {library: [] for library in LIBRARIES}
+    runs = {library: [] for library in libraries}
+    failures = {library: [] for library in libraries}
     for repeat in range(repeats):
         # Rotate which library goes first, so slow drifts of the machine hit all alike.
-        shift = repeat % len(LIBRARIES)
-        order = LIBRARIES[shift:] + LIBRARIES[:shift]
+        shift = repeat % len(libraries)
+        order = libraries[shift:] + libraries[:shift]
         for library in order:
             if cache_root is None:
                 result = measure(library, problem, warmup, draws, repeat, timeout)
@@ -614,9 +662,9 @@ def compare(problem: str, warmup: int, draws: int, repeats: int, timeout: float,
             print(f"{tag} {progress_text(result)}", file=sys.stderr, flush=True)
     make_line = library_line if cache_root is None else cache_library_line
     lines = {library: make_line(problem, library, runs[library], failures[library], repeats)
-             for library in LIBRARIES}
+             for library in libraries}
     summary = summary_line(problem, lines, RATIOS if cache_root is None else CACHE_RATIOS)
-    return [lines[library] for library in LIBRARIES] + [summary]
+    return [lines[library] for library in libraries] + [summary]
 
 
 def main(argv=None):
@@ -624,6 +672,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help=f"a fast smoke run: eight_schools, {QUICK_WARMUP} warm-up steps and draws, 1 repeat")
     parser.add_argument("--problems", nargs="+", choices=PROBLEMS, help=f"default: {', '.join(PROBLEMS)}")
+    parser.add_argument("--libraries", nargs="+", choices=LIBRARIES,
+                        help=f"default: {', '.join(DEFAULT_LIBRARIES)}")
     parser.add_argument("--repeats", type=int, help="fresh-process repeats per library (default 3; 1 with --quick)")
     parser.add_argument("--warmup", type=int, help=f"warm-up steps per chain (default {WARMUP})")
     parser.add_argument("--draws", type=int, help=f"draws per chain (default {DRAWS})")
@@ -661,7 +711,8 @@ def main(argv=None):
     load_before = os.getloadavg()[0]
     try:
         for problem in problems:
-            for line in compare(problem, warmup, draws, repeats, args.timeout, cache_root):
+            for line in compare(problem, warmup, draws, repeats, args.timeout, cache_root,
+                                tuple(args.libraries or DEFAULT_LIBRARIES)):
                 if line.get("summary"):
                     line["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
                 print(json.dumps(line), flush=True)
