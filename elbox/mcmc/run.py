@@ -204,11 +204,18 @@ def _chain_mesh(chains: int, devices: int | None) -> Mesh | None:
     return None if devices == 1 else Mesh(np.array(available[:devices]), ("chain",))
 
 
-def _map_chains(fn: Callable, chain_method: str, mesh: Mesh | None) -> Callable:
+def _map_chains(fn: Callable, chain_method: str, mesh: Mesh | None, chains: int) -> Callable:
     """``fn`` over the leading (chain) axis of its arguments: ``vmap``, or ``lax.map`` for
     ``"sequential"``; with a mesh, each device maps over its own chains (``shard_map``), so that
-    no device waits for another's trajectories or exchanges anything with it while they run."""
-    if chain_method == "vectorized":
+    no device waits for another's trajectories or exchanges anything with it while they run.
+    A device with one chain runs ``fn`` itself, unbatched: a batched NUTS's loops select between
+    every carried value of every chain, and take longer to compile (eight schools: 1.9 s against
+    1.45 s)."""
+    if mesh is not None and chains == mesh.devices.size:
+        def mapped(*args):
+            out = fn(*jax.tree_util.tree_map(lambda x: x[0], args))
+            return jax.tree_util.tree_map(lambda x: x[None], out)
+    elif chain_method == "vectorized":
         mapped = jax.vmap(fn)
     else:
         def mapped(*args):
@@ -250,7 +257,7 @@ def _compile_program(model: Model, sampler: Sampler, chains: int, warmup: int, c
             state = sampler.init(position, log_density, log_density_fn)
             return state, tuner.init(key, state, log_density_fn)
 
-        states, tuner_states = _map_chains(one_chain, chain_method, mesh)(positions, log_densities, tuner_keys)
+        states, tuner_states = _map_chains(one_chain, chain_method, mesh, chains)(positions, log_densities, tuner_keys)
         totals = {name: jnp.zeros(chains, positions.dtype) for name in WARMUP_TOTALS}
         # axis_size: a tuner that adapts nothing has an empty state, which vmap cannot size by itself.
         placeholder = jax.vmap(tuner.params, axis_size=chains)(tuner_states)
@@ -279,7 +286,7 @@ def _compile_program(model: Model, sampler: Sampler, chains: int, warmup: int, c
             return state, tuner_state, sampler.stats(info, state)
 
         states, tuner_states, stats = constrain(
-            _map_chains(one_chain, chain_method, mesh)(keys, states, tuner_states, phase["params"]))
+            _map_chains(one_chain, chain_method, mesh, chains)(keys, states, tuner_states, phase["params"]))
         # A statistic the sampler does not report adds nothing (and is dropped from the results).
         totals = {name: totals[name] + jnp.where(phase["warmup"], stats.get(name, 0), 0).astype(totals[name].dtype)
                   for name in totals}
