@@ -161,7 +161,9 @@ def sample(
         warmup=warmup,
         seconds=seconds,
         tuning=sampler.tuner.report(final_params),
-        settings=dict(sampler.settings),
+        settings={**sampler.settings, "chain_method": chain_method,
+                  "devices": 1 if mesh is None else int(mesh.devices.size),
+                  "platform": jax.devices()[0].platform},
         warmup_totals=totals if warmup else {},
         warmup_acceptance_rate=float(np.mean(totals["acceptance_rate"]) / warmup) if warmup else None,
     )

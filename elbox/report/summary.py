@@ -36,7 +36,7 @@ def sampling_text(results: SamplingResults, model_label: str) -> str:
     seconds = results.seconds
     lines = [
         f"{model_label}: {results.method}, {results.chains} chains x {results.draws} draws "
-        f"after {results.warmup} warm-up steps",
+        f"after {results.warmup} warm-up steps{_devices_text(results.settings)}",
         "",
         table.to_string(float_format=lambda v: f"{v:.3f}"),
         "",
@@ -62,6 +62,11 @@ def sampling_text(results: SamplingResults, model_label: str) -> str:
     lines += undefined_diagnostics_notes(results)
     lines += [f"warning: {warning}" for warning in results.warnings]
     return "\n".join(lines)
+
+
+def _devices_text(settings: dict) -> str:
+    devices = settings.get("devices", 1)
+    return f", on {devices} {settings.get('platform', '')} devices".replace("  ", " ") if devices > 1 else ""
 
 
 def undefined_diagnostics_notes(results: SamplingResults) -> list[str]:
