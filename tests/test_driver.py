@@ -127,6 +127,13 @@ assert len(two.posterior["mu"].values) == 4
 for name in ("mu", "tau", "theta_trans"):
     np.testing.assert_array_equal(one.posterior[name].values, two.posterior[name].values)
 np.testing.assert_array_equal(one.tuning["step_size"], two.tuning["step_size"])
+# One chain per device runs unbatched: the same draws up to rounding, which a short run on a
+# 1-d model keeps far below the posterior's scale (sd 0.45).
+short = dict(chains=2, warmup=30, draws=10, progress=False)
+batched = elbox.sample("normal_normal", jax.random.key(4), devices=1, **short)
+unbatched = elbox.sample("normal_normal", jax.random.key(4), **short)
+assert unbatched.settings["devices"] == 2 and batched.settings["devices"] == 1
+np.testing.assert_allclose(unbatched.posterior["mu"].values, batched.posterior["mu"].values, atol=1e-4)
 try:
     elbox.sample("eight_schools", jax.random.key(0), chains=3, devices=2, **{k: v for k, v in settings.items()
                                                                               if k != "chains"})
