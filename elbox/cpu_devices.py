@@ -25,7 +25,6 @@ on a GPU or TPU the sampler splits chains over those.
 from __future__ import annotations
 
 import os
-import re
 import warnings
 
 ENVIRONMENT_VARIABLE = "ELBOX_CPU_DEVICES"
@@ -61,7 +60,7 @@ def use_cpu_devices(count: int | None = None) -> int | None:
                               "JAX's devices are left as they are.", stacklevel=2)
                 return None
             count = int(setting)
-        elif (re.search(r"xla_force_host_platform_device_count", os.environ.get("XLA_FLAGS", ""))
+        elif ("xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
               or jax.config.jax_num_cpu_devices != -1):
             return None
         else:

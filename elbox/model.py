@@ -457,9 +457,7 @@ def _fixed_gaussian_prior(trace_at, init: dict):
             fn = fn.base_dist
         return fn if type(fn) is dist.Normal and tr[site_name]["scale"] is None else None
 
-    all_normal = []
-    jax.eval_shape(lambda u: all_normal.append(all(normal_of(trace_at(u), k) is not None for k in init)), init)
-    if not all_normal[0]:
+    if not _abstract_run(lambda u: all(normal_of(trace_at(u), k) is not None for k in init), init):
         return None
 
     def moments(shift):
@@ -504,10 +502,9 @@ def _discover_sites(model_fn, model_args, model_kwargs, name) -> dict[str, _Site
         return {site_name: _read_site(site_name, site) for site_name, site in trace.items()
                 if site["type"] == "sample"}
 
-    found = {}
     try:
         try:
-            jax.eval_shape(lambda: found.update(run()))
+            found = _abstract_run(run)
         except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
                 jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError):
             found = run()
@@ -581,12 +578,23 @@ def _init_site(site):
         raise _no_bijection(site["name"], site["fn"].support) from None
 
 
+def _abstract_run(fn: Callable, *args):
+    """``fn(*args)`` run abstractly (``jax.eval_shape``: shapes, no numbers, nothing compiled),
+    for the Python values it returns; any array among them is a tracer, good for its shape only."""
+    results = []
+    jax.eval_shape(lambda *a: results.append(fn(*a)), *args)
+    return results[0]
+
+
 def _abstract_ravel(tree) -> tuple[jax.ShapeDtypeStruct, Callable]:
     """The shape and dtype of ``ravel_pytree(tree)[0]`` and its ``unravel``, without computing
     the flat vector (which would compile a concatenation)."""
-    unravel = []
-    flat = jax.eval_shape(lambda t: unravel.append(ravel_pytree(t)[1]) or ravel_pytree(t)[0], tree)
-    return flat, unravel[0]
+
+    def shape_and_unravel(t):
+        flat, unravel = ravel_pytree(t)
+        return jax.ShapeDtypeStruct(flat.shape, flat.dtype), unravel
+
+    return _abstract_run(shape_and_unravel, tree)
 
 
 def _is_factor(fn) -> bool:

@@ -65,8 +65,11 @@ def sampling_text(results: SamplingResults, model_label: str) -> str:
 
 
 def _devices_text(settings: dict) -> str:
+    """", on 4 cpu devices" when the chains were split over several devices, else nothing."""
     devices = settings.get("devices", 1)
-    return f", on {devices} {settings.get('platform', '')} devices".replace("  ", " ") if devices > 1 else ""
+    if devices <= 1:
+        return ""
+    return f", on {devices} {settings['platform']} devices" if "platform" in settings else f", on {devices} devices"
 
 
 def undefined_diagnostics_notes(results: SamplingResults) -> list[str]:
