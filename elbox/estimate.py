@@ -30,6 +30,26 @@ def mean_and_stderr(values) -> Estimate:
     return Estimate(float(values.mean()), float(values.std(ddof=1) / np.sqrt(values.size)))
 
 
+def log_mean_exp(log_values) -> Estimate:
+    """log((1/n) Σ exp(l_i)), the log of an average of positive unbiased estimates (importance
+    weights, AIS weights, SMC normalisers), with its delta-method standard error
+
+        se = sd(w_i / w̄) / sqrt(n),  w_i = exp(l_i)
+
+    (the relative standard error of the average). Heavy-tailed weights make this too small:
+    check an effective sample size or Pareto k̂ beside it. NaN for fewer than two values."""
+    log_values = np.asarray(log_values, dtype=np.float64).ravel()
+    top = np.max(log_values)
+    if not np.isfinite(top):
+        return Estimate(float(top), math.nan)
+    ratios = np.exp(log_values - top)
+    mean = ratios.mean()
+    value = float(top + np.log(mean))
+    if log_values.size < 2:
+        return Estimate(value, math.nan)
+    return Estimate(value, float(np.std(ratios / mean, ddof=1) / np.sqrt(log_values.size)))
+
+
 def json_ready(value):
     """``value`` with every non-finite float (at any depth of dicts, lists and tuples) as ``None``."""
     if isinstance(value, dict):

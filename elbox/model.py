@@ -50,6 +50,9 @@ class Known:
             posteriordb's Stan draws) or ``None``.
         log_evidence: exact log p(x) in nats, or ``None`` when not known in closed form.
         source: where the numbers come from, in words.
+        posterior_sampler: ``(key, n) -> {site: array with leading axis n}``, exact independent
+            draws of the posterior on the constrained scale (latent sites only), where the model
+            can give them (conjugate forms); ``None`` otherwise. Reverse annealing starts there.
     """
 
     posterior_mean: dict[str, float] | None = None
@@ -57,6 +60,7 @@ class Known:
     moments: str | None = None
     log_evidence: float | None = None
     source: str = ""
+    posterior_sampler: Callable | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def as_dict(self) -> dict:
         return {
@@ -108,6 +112,8 @@ class Model:
             is an independent Gaussian with fixed parameters (for a closed-form KL), else None.
         supports: ``{site: constraint}``, each latent site's support (NumPyro constraints), used
             to check user starting values; empty when unknown.
+        prior_draw_fn: ``key -> u``, one draw of the unconstrained parameters from the prior
+            (what annealing from the prior starts from); None when the model cannot draw one.
         conjugacy: a :class:`Conjugacy` declaring that the model is a conditionally conjugate
             model of a form with closed-form coordinate-ascent (CAVI) updates, with its data and
             hyperparameters; None for any other model. CAVI is chosen by this declaration,
@@ -130,6 +136,7 @@ class Model:
         gaussian_prior: tuple[Any, Any] | None = None,
         supports: dict[str, Any] | None = None,
         conjugacy: Conjugacy | None = None,
+        prior_draw_fn: Callable | None = None,
     ):
         if log_joint_fn is None:
             if log_prior_fn is None or log_likelihood_fn is None:
@@ -153,6 +160,7 @@ class Model:
         self.gaussian_prior = gaussian_prior
         self.supports = dict(supports or {})
         self.conjugacy = conjugacy
+        self._prior_draw_fn = prior_draw_fn
         self._programs: dict = {}
         # Traced once per input shape and dtype, then reused by every program that calls it
         # (vmap, grad and the drivers' loops transform the traced function, not the Python one):
@@ -197,6 +205,23 @@ class Model:
     def log_joint(self, u: Pytree) -> jax.Array:
         """log p(x, z) + log |det dz/du| = log_prior(u) + log_likelihood(u)."""
         return self._log_joint_fn(u)
+
+    def sample_prior(self, key, n: int) -> jax.Array:
+        """``n`` independent draws u ~ p(u), the prior pushed to the unconstrained space, as flat
+        vectors (shape ``(n, dimension)``); traceable."""
+        self._require_split("sample_prior")
+        if not self.prior_is_proper:
+            raise ModelError(
+                f"Model '{self.name}' has an improper prior: there is nothing to draw from. Start "
+                "from a fitted q instead (elbox.fit, then pass the fit as start=)."
+            )
+        if self._prior_draw_fn is None:
+            raise ModelError(
+                f"Model '{self.name}' cannot draw from its prior (it was built from log densities "
+                "only). Build it with Model.from_numpyro or Model.from_prior_and_likelihood, or "
+                "start from a fitted q (start=)."
+            )
+        return jax.vmap(lambda k: self.ravel(self._prior_draw_fn(k)))(jax.random.split(key, n))
 
     def site_log_densities(self, u: Pytree) -> dict[str, jax.Array]:
         """Per-site contributions to the log joint (the whole log density as one site if unknown)."""
@@ -347,9 +372,14 @@ class Model:
             terms = site_terms(u)
             return sum(v for k, v in terms.items() if k != "_likelihood")
 
+        def prior_draw(key):
+            keys = jax.random.split(key, len(prior))
+            return {k: bijections[k].inv(d.sample(key_k)) for key_k, (k, d) in zip(keys, prior.items())}
+
         return cls(
             name=name,
             init_position=init,
+            prior_draw_fn=prior_draw,
             log_prior_fn=log_prior,
             log_likelihood_fn=lambda u: log_likelihood(constrain(u)),
             constrain_fn=constrain,
@@ -422,6 +452,10 @@ def _from_numpyro(model_fn, model_args, model_kwargs, name, known) -> Model:
         prior, likelihood = split_terms(u)
         return prior + likelihood
 
+    def prior_draw(key):
+        tr = handlers.trace(handlers.seed(model_fn, rng_seed=key)).get_trace(*model_args, **model_kwargs)
+        return {k: transforms.biject_to(tr[k]["fn"].support).inv(tr[k]["value"]) for k in init}
+
     def prior_sites(u):
         substituted = handlers.substitute(model_fn, substitute_fn=partial(_unconstrain_reparam, u))
         return handlers.trace(handlers.seed(substituted, rng_seed=0)).get_trace(*model_args, **model_kwargs)
@@ -439,6 +473,7 @@ def _from_numpyro(model_fn, model_args, model_kwargs, name, known) -> Model:
         prior_is_proper=prior_is_proper,
         gaussian_prior=_fixed_gaussian_prior(prior_sites, init),
         supports=supports,
+        prior_draw_fn=prior_draw,
     )
 
 
