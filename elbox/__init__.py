@@ -23,6 +23,7 @@ from elbox.errors import (
     SettingsError,
 )
 from elbox.estimate import Estimate
+from elbox.evidence import EvidenceResults, evidence
 from elbox.initialization import initial_positions
 from elbox.mcmc.run import sample
 from elbox.model import Conjugacy, Known, Model
@@ -37,6 +38,7 @@ __all__ = [
     "DataError",
     "ElboxError",
     "Estimate",
+    "EvidenceResults",
     "FitResults",
     "FittingError",
     "InitializationError",
@@ -49,6 +51,7 @@ __all__ = [
     "SamplingResults",
     "SettingsError",
     "enable_compilation_cache",
+    "evidence",
     "fit",
     "initial_positions",
     "models",

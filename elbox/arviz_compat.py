@@ -130,3 +130,20 @@ def from_netcdf(path):
     import arviz as az
 
     return az.from_netcdf(str(path))
+
+
+def pareto_k(log_ratios) -> float:
+    """The Pareto k̂ of the right tail of importance ratios exp(log_ratios), from ArviZ's PSIS
+    (Vehtari et al. 2024). ArviZ 1.x's ``psislw`` takes log-likelihood values (it smooths their
+    negatives, as leave-one-out needs), so it is given the negated log ratios."""
+    log_ratios = np.asarray(log_ratios, dtype=np.float64).ravel()
+    log_ratios = log_ratios[np.isfinite(log_ratios)]
+    if ARVIZ_1:
+        from arviz_stats.base import array_stats
+
+        _, k = array_stats.psislw(-log_ratios, r_eff=1.0, axis=-1)
+    else:
+        import arviz
+
+        _, k = arviz.psislw(log_ratios)
+    return float(np.asarray(k))

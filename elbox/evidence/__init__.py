@@ -1,0 +1,199 @@
+"""The evidence log p(x) of any model with a prior/likelihood split (or a fitted q to start from),
+with a standard error, and the bounds around it: ELBO ≤ IWAE_K ≤ log p(x) ≤ reverse AIS.
+
+* ``smc``: sequential Monte Carlo with adaptive tempering (:mod:`elbox.evidence.smc`);
+* ``ais``: annealed importance sampling (:mod:`elbox.evidence.ais`), and where the model has
+  exact posterior draws, reverse AIS for an upper bound;
+* ``iwae``: importance sampling from a fitted q (:mod:`elbox.evidence.importance`), with the
+  importance-weighted bounds IWAE_K and the Pareto k̂ that says whether to trust it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from elbox import checks
+from elbox.errors import ModelError, NoPriorLikelihoodSplit, SettingsError
+from elbox.estimate import Estimate, log_mean_exp
+from elbox.evidence import ais, importance, smc, tempering
+from elbox.evidence.results import EvidenceResults
+
+METHODS = ("smc", "ais", "iwae")
+DEFAULTS = {
+    "smc": {"particles": 1000, "runs": 8, "moves": 10},
+    "ais": {"particles": 1000, "steps": 500, "moves": 1},
+    "iwae": {"particles": 100_000},
+}
+IWAE_SIZES = (1, 10, 100, 1000)
+ESS_WARNING_FRACTION = 0.01
+
+
+def evidence(model: Any, key: jax.Array, method: str = "smc", *, particles: int | None = None,
+             runs: int | None = None, moves: int | None = None, steps: int | None = None,
+             start: Any = "prior") -> EvidenceResults:
+    """Estimate log p(x) = log ∫ p(x | z) p(z) dz with its standard error.
+
+    Args:
+        model: a built-in model name, a NumPyro model function or an :class:`~elbox.Model`.
+        key: a JAX PRNG key; the same key gives the same estimate.
+        method: ``"smc"`` (default), ``"ais"`` or ``"iwae"``.
+        particles: SMC: particles per run (1000); AIS: independent chains (1000); IWAE: draws
+            from q (100,000).
+        runs: SMC's independent runs along the pilot's schedule (8); their spread gives the
+            standard error.
+        moves: HMC transitions per change of β (SMC 10, AIS 1).
+        steps: AIS's number of temperatures T (500; β_t = (t/T)^4).
+        start: ``"prior"``, or a fit (:func:`elbox.fit`'s result): anneal from q instead of the
+            prior (needed where the prior is improper or the model has no prior/likelihood
+            split). ``iwae`` always starts from q and fits a full-rank Gaussian when given none.
+
+    Returns:
+        :class:`~elbox.evidence.results.EvidenceResults`.
+    """
+    from elbox.models import resolve
+
+    model = resolve(model)
+    if method not in METHODS:
+        raise SettingsError(f"Unknown evidence method {method!r}; choose one of {', '.join(METHODS)}.")
+    given = {"particles": particles, "runs": runs, "moves": moves, "steps": steps}
+    settings = dict(DEFAULTS[method])
+    for name, value in given.items():
+        if value is None:
+            continue
+        if name not in settings:
+            raise SettingsError(f"{name} is not an option of the {method} estimator (it takes "
+                                f"{', '.join(settings)}).")
+        settings[name] = checks.count(name, value, minimum=2 if name in ("particles", "runs") else 1)
+    fit = _resolve_start(model, key, method, start)
+    path = tempering.prior_path(model) if fit is None else tempering.fitted_path(model, fit)
+    tic = time.perf_counter()
+    estimate, upper, diagnostics, seconds = ESTIMATORS[method](model, key, path, fit, settings)
+    seconds["total"] = time.perf_counter() - tic
+    results = EvidenceResults(model=model, method=method, log_evidence=estimate, start=path.start,
+                              seconds=seconds, settings=settings, diagnostics=diagnostics, upper_bound=upper)
+    results.warnings = _warnings(results)
+    return results
+
+
+def _resolve_start(model, key, method: str, start):
+    """None to start from the prior, else the fit whose q starts the estimate."""
+    if isinstance(start, str):
+        if start != "prior":
+            raise SettingsError(f"start must be 'prior' or a fit (elbox.fit's result), got {start!r}.")
+        if method == "iwae":
+            from elbox.vi.fit import fit as fit_q
+
+            return fit_q(model, key, method="fullrank", progress=False)
+        if not model.has_split:
+            raise NoPriorLikelihoodSplit(
+                f"Model '{model.name}' was given as one log density, so it cannot be tempered from "
+                "its prior. Build it with Model.from_numpyro or Model.from_prior_and_likelihood, or "
+                "start from a fitted q: elbox.evidence(model, key, start=elbox.fit(model, key)).")
+        if not model.prior_is_proper:
+            raise ModelError(
+                f"Model '{model.name}' has an improper prior: annealing cannot start from it. Start "
+                "from a fitted q instead: elbox.evidence(model, key, start=elbox.fit(model, key)).")
+        return None
+    if not hasattr(start, "family") or getattr(start, "model", None) is None:
+        raise SettingsError("start must be 'prior' or the result of elbox.fit on the same model.")
+    if start.model.dimension != model.dimension:
+        raise SettingsError(f"The fit given as start is of a model with {start.model.dimension} parameters; "
+                            f"this one has {model.dimension}.")
+    return start
+
+
+def _timed(function, *args):
+    """Compile ``function`` for ``args``, then run it: (outputs on the host, seconds)."""
+    tic = time.perf_counter()
+    compiled = jax.jit(function).lower(*args).compile()
+    compiled_at = time.perf_counter()
+    outputs = jax.device_get(compiled(*args))
+    return outputs, {"compile": compiled_at - tic, "running": time.perf_counter() - compiled_at}
+
+
+def _smc(model, key, path, fit, settings):
+    n, runs, moves = settings["particles"], settings["runs"], settings["moves"]
+
+    def program(key):
+        key_pilot, key_start, key_runs = jax.random.split(key, 3)
+        betas, num_betas = smc.adaptive_schedule(key_pilot, path, tempering.draw_start(path, model, fit, key_start, n),
+                                                 moves)
+
+        def one_run(run_key):
+            key_start, key_run = jax.random.split(run_key)
+            start = tempering.draw_start(path, model, fit, key_start, n)
+            return tempering.anneal(key_run, path, start, betas, num_betas, moves, resample=True)
+
+        out = jax.vmap(one_run)(jax.random.split(key_runs, runs))
+        return out["log_z"], out["acceptance"], num_betas
+
+    (log_z, acceptance, num_betas), seconds = _timed(program, key)
+    diagnostics = {"stages": int(num_betas) - 1, "acceptance": float(np.mean(acceptance)),
+                   "run_log_evidence": [float(v) for v in log_z],
+                   "reached_posterior": bool(int(num_betas) <= smc.MAX_STAGES)}
+    return log_mean_exp(log_z), None, diagnostics, seconds
+
+
+def _ais(model, key, path, fit, settings):
+    n, steps, moves = settings["particles"], settings["steps"], settings["moves"]
+    sampler = model.known.posterior_sampler if fit is None else None
+
+    def program(key):
+        key_start, key_run, key_exact, key_reverse = jax.random.split(key, 4)
+        betas = ais.schedule(steps, model.flat_dtype)
+        forward = ais.run(key_run, path, tempering.draw_start(path, model, fit, key_start, n), betas, moves)
+        reverse = None
+        if sampler is not None:
+            exact = jax.vmap(lambda z: model.ravel(model.unconstrain(z)))(sampler(key_exact, n))
+            reverse = ais.run(key_reverse, path, exact.astype(model.flat_dtype), betas[::-1], moves)["log_weights"]
+        return forward["log_weights"], forward["acceptance"], reverse
+
+    (log_weights, acceptance, reverse), seconds = _timed(program, key)
+    log_weights = np.asarray(log_weights, dtype=np.float64)
+    ess = float(np.exp(2 * _logsumexp(log_weights) - _logsumexp(2 * log_weights)))
+    upper = None
+    if reverse is not None:
+        inverse = log_mean_exp(np.asarray(reverse, dtype=np.float64))
+        upper = Estimate(-inverse.value, inverse.stderr)
+    diagnostics = {"acceptance": float(acceptance), "effective_sample_size": ess}
+    return log_mean_exp(log_weights), upper, diagnostics, seconds
+
+
+def _iwae(model, key, path, fit, settings):
+    tic = time.perf_counter()
+    weights = importance.log_weights(jax.random.fold_in(key, 1), model, fit, settings["particles"])
+    seconds = {"compile": 0.0, "running": time.perf_counter() - tic}
+    estimate, k_hat = importance.importance_estimate(weights)
+    bounds = {str(k): importance.iwae_bound(weights, k).as_dict() for k in IWAE_SIZES if k * 2 <= weights.size}
+    diagnostics = {"pareto_k": k_hat, "elbo": fit.elbo.as_dict(), "iwae": bounds, "family": fit.method}
+    return estimate, None, diagnostics, seconds
+
+
+def _logsumexp(values: np.ndarray) -> float:
+    top = np.max(values)
+    return float(top + np.log(np.sum(np.exp(values - top)))) if np.isfinite(top) else float(top)
+
+
+def _warnings(results: EvidenceResults) -> list[str]:
+    messages = []
+    d = results.diagnostics
+    if results.method == "iwae" and d["pareto_k"] > importance.PARETO_K_LIMIT:
+        messages.append(f"Pareto k̂ = {d['pareto_k']:.2f} > {importance.PARETO_K_LIMIT}: q's tails are too light for "
+                        "importance sampling; the estimate and its standard error cannot be trusted. Use smc.")
+    if results.method == "ais" and d["effective_sample_size"] < ESS_WARNING_FRACTION * results.settings["particles"]:
+        messages.append(f"the AIS weights' effective sample size is {d['effective_sample_size']:.1f} of "
+                        f"{results.settings['particles']} chains: the standard error is unreliable; raise steps.")
+    if results.method == "smc" and not d["reached_posterior"]:
+        messages.append(f"SMC stopped after {smc.MAX_STAGES} stages before reaching the posterior (β = 1).")
+    if not np.isfinite(results.log_evidence.value):
+        messages.append("the estimate is not finite: every weight vanished; check the model's log density.")
+    return messages
+
+
+ESTIMATORS = {"smc": _smc, "ais": _ais, "iwae": _iwae}
+
+__all__ = ["evidence", "EvidenceResults", "METHODS"]
