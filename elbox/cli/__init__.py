@@ -7,6 +7,8 @@ The commands are in :mod:`elbox.cli.inference` (sample, fit, models, tour) and
     elbox sample MODEL [--method nuts|hmc|mala|mh] --chains 4 --warmup 1000 --draws 1000 --seed 0
                  [--json PATH] [--out DIR]
     elbox fit MODEL --method meanfield|fullrank|flow|cavi --steps N --seed S [--json PATH] [--out DIR]
+    elbox fit ... [--evidence smc|ais|iwae]
+    elbox evidence MODEL [--method smc|ais|iwae] [--particles N] --seed S [--json PATH] [--out DIR]
     elbox models [--json]
     elbox tour [--out DIR]
     elbox diffusion train --data NAME|PATH [--levels K] [--model vdm|ddpm] --steps N --seed S --out DIR

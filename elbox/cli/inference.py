@@ -1,4 +1,4 @@
-"""``elbox sample``, ``elbox fit``, ``elbox models`` and ``elbox tour``."""
+"""``elbox sample``, ``elbox fit``, ``elbox evidence``, ``elbox models`` and ``elbox tour``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from elbox import arviz_compat
 from elbox.cli.common import _count, _positive_float, _probability, _seed, check_outputs, load_model, write_json
 from elbox.errors import SettingsError
+from elbox.evidence import METHODS as EVIDENCE_METHODS
 from elbox.mcmc.registry import DEFAULT_METHOD, SAMPLERS
 from elbox.mcmc.window_adaptation import DEFAULT_MASS_MATRIX, MASS_MATRICES
 from elbox.vi.elbo import ESTIMATORS
@@ -61,7 +62,25 @@ def add_parsers(commands):
     fit.add_argument("--json", metavar="PATH", type=Path, help="write the results as JSON to PATH")
     fit.add_argument("--out", metavar="DIR", type=Path, help="save q's draws (netCDF) and the ELBO trace plot in DIR")
     fit.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    fit.add_argument("--evidence", default=None, choices=list(EVIDENCE_METHODS),
+                     help="also estimate log p(x) with this method, so the gap log p(x) - ELBO = KL(q || p(z|x)) "
+                          "is reported with its standard error where no exact value is known")
     fit.set_defaults(handler=run_fit)
+
+    evidence = commands.add_parser(
+        "evidence", help="estimate log p(x) with a standard error; bounds it between the ELBO, IWAE and reverse AIS")
+    evidence.add_argument("model", metavar="MODEL", help="built-in model name or path/to/file.py:NAME")
+    evidence.add_argument("--method", default="smc", choices=list(EVIDENCE_METHODS),
+                          help="smc: tempered sequential Monte Carlo from the prior (default); ais: annealed "
+                               "importance sampling, with a reverse-AIS upper bound where exact posterior draws "
+                               "exist; iwae: importance sampling from a fitted full-rank q")
+    evidence.add_argument("--particles", type=_count(2), default=None,
+                          help="smc: particles per run (1000); ais: chains (1000); iwae: draws from q (100000)")
+    evidence.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
+    evidence.add_argument("--json", metavar="PATH", type=Path, help="write the estimate as JSON to PATH")
+    evidence.add_argument("--out", metavar="DIR", type=Path,
+                          help="save the bounds picture (log p(x) above the ELBOs and IWAE_K) in DIR")
+    evidence.set_defaults(handler=run_evidence)
 
     models = commands.add_parser("models", help="list the built-in models and what is known exactly about each")
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -140,7 +159,7 @@ def run_fit(args) -> int:
     if "stop_when_flat" in options:
         options["stop_when_flat"] = False
     results = fit(model, jax.random.key(args.seed), method=args.method, steps=args.steps,
-                  progress=not args.no_progress, **options)
+                  progress=not args.no_progress, evidence=args.evidence, **options)
     print(fit_text(results, model_label=args.model))
     if args.json:
         write_json(args.json, fit_json(results, model_label=args.model, seed=args.seed))
@@ -153,6 +172,32 @@ def run_fit(args) -> int:
         arviz_compat.to_netcdf(results.inference_data, draws_path)
         written = [draws_path, elbo_trace_plot(results, args.out / "elbo_trace.png")]
         print("saved: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def run_evidence(args) -> int:
+    check_outputs(args)
+    import jax
+
+    from elbox.evidence import evidence
+
+    model = load_model(args.model)
+    print(f"{args.model}: estimating log p(x) by {args.method} ...", flush=True)
+    results = evidence(model, jax.random.key(args.seed), method=args.method, particles=args.particles)
+    print("\n".join(results.summary_lines()))
+    if args.json:
+        write_json(args.json, {**results.as_dict(), "model": args.model, "seed": args.seed})
+        print(f"results written to {args.json}")
+    if args.out:
+        from elbox.evidence import bounds
+        from elbox.report.plots import evidence_bounds_plot
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        ladder = bounds(model, jax.random.key(args.seed), evidence_results=results)
+        write_json(args.out / "evidence_bounds.json", {"model": args.model, **ladder})
+        path = evidence_bounds_plot(ladder, args.out / "evidence_bounds.png",
+                                    title=f"{args.model}: the evidence and its bounds")
+        print(f"saved: {path}, {args.out / 'evidence_bounds.json'}")
     return 0
 
 

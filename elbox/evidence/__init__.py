@@ -197,3 +197,36 @@ def _warnings(results: EvidenceResults) -> list[str]:
 ESTIMATORS = {"smc": _smc, "ais": _ais, "iwae": _iwae}
 
 __all__ = ["evidence", "EvidenceResults", "METHODS"]
+
+
+def bounds(model: Any, key: jax.Array, evidence_results: EvidenceResults | None = None,
+           families: tuple[str, ...] = ("meanfield", "fullrank"), iwae_draws: int = 100_000) -> dict:
+    """The ladder ELBO ≤ IWAE_K ≤ log p(x) (≤ reverse AIS) for one model, each with its standard
+    error: the ELBO of each family, IWAE_K for K = 1, 10, 100, 1000 from the last family's q, and
+    log p(x) exact or estimated (by SMC unless ``evidence_results`` is given).
+
+    Returns ``{"log_evidence": {"value", "stderr", "method"}, "upper_bound": {...} | None,
+    "elbo": {family: {"value", "stderr"}}, "iwae": {K: {"value", "stderr"}}}``.
+    """
+    from elbox.models import resolve
+    from elbox.vi.fit import fit
+
+    model = resolve(model)
+    key_evidence, key_fit, key_iwae = jax.random.split(key, 3)
+    if model.known.log_evidence is not None:
+        log_evidence = {"value": model.known.log_evidence, "stderr": 0.0, "method": "exact"}
+    else:
+        if evidence_results is None:
+            evidence_results = evidence(model, key_evidence)
+        log_evidence = {**evidence_results.log_evidence.as_dict(), "method": evidence_results.method}
+    upper = evidence_results.upper_bound if evidence_results is not None else None
+    fits = {family: fit(model, jax.random.fold_in(key_fit, i), method=family, progress=False)
+            for i, family in enumerate(families)}
+    weights = importance.log_weights(key_iwae, model, fits[families[-1]], iwae_draws)
+    return {
+        "log_evidence": log_evidence,
+        "upper_bound": None if upper is None else upper.as_dict(),
+        "elbo": {family: result.elbo.as_dict() for family, result in fits.items()},
+        "iwae": {k: importance.iwae_bound(weights, k).as_dict() for k in IWAE_SIZES},
+        "iwae_family": families[-1],
+    }

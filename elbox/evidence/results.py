@@ -72,7 +72,7 @@ class EvidenceResults:
                          f"{(value - self.exact) / stderr:+.1f} standard errors)" if stderr > 0 else
                          f"exact log p(x): {self.exact:.4f}")
         for name, item in self.diagnostics.items():
-            if isinstance(item, (int, float)):
+            if isinstance(item, (int, float)) and not isinstance(item, bool):
                 lines.append(f"{name.replace('_', ' ')}: {item:.4g}")
         lines.append(f"seconds: compile {self.seconds['compile']:.2f}, running {self.seconds['running']:.2f}, "
                      f"total {self.seconds['total']:.2f}")

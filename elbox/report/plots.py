@@ -118,3 +118,36 @@ def marginals_plot(fits: list, mcmc, path: Path, max_parameters: int = 6) -> Pat
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def evidence_bounds_plot(ladder: dict, path: Path, title: str = "") -> Path:
+    """log p(x) as a line (with a ±2 standard-error band where estimated) and below it the ELBO of
+    each family and IWAE_K for K = 1, 10, 100, 1000, each with a ±2 standard-error bar
+    (``ladder`` from :func:`elbox.evidence.bounds`)."""
+    labels, values, errors = [], [], []
+    for family, estimate in ladder["elbo"].items():
+        labels.append(f"ELBO\n{family}")
+        values.append(estimate["value"])
+        errors.append(2 * (estimate["stderr"] or 0.0))
+    for k, estimate in ladder["iwae"].items():
+        labels.append(f"IWAE\nK={k}")
+        values.append(estimate["value"])
+        errors.append(2 * (estimate["stderr"] or 0.0))
+    evidence = ladder["log_evidence"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = range(len(labels))
+    ax.errorbar(x, values, yerr=errors, fmt="o", color="C0", capsize=4, label="bounds (±2 s.e.)")
+    ax.axhline(evidence["value"], color="C3", label=f"log p(x) ({evidence['method']})")
+    if evidence["stderr"]:
+        ax.axhspan(evidence["value"] - 2 * evidence["stderr"], evidence["value"] + 2 * evidence["stderr"],
+                   color="C3", alpha=0.2)
+    if ladder.get("upper_bound"):
+        ax.axhline(ladder["upper_bound"]["value"], color="C2", linestyle="--", label="reverse AIS (upper bound)")
+    ax.set_xticks(list(x), labels)
+    ax.set_ylabel("nats")
+    ax.set_title(title or "ELBO ≤ IWAE_K ≤ log p(x)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from elbox.estimate import finite_or_none
 from elbox.results import MIN_DRAWS_FOR_DIAGNOSTICS, SamplingResults
 
 
@@ -104,6 +105,7 @@ def fit_json(results, model_label: str, seed: int | None) -> dict:
             "method": results.log_evidence_method,
         },
         "gap": None if gap is None else gap.value,
+        "gap_stderr": None if gap is None else finite_or_none(gap.stderr),
         "converged": results.converged,
         "seconds": {k: round(v, 4) for k, v in results.seconds.items()},
         "parameters": results.parameter_table(),
@@ -133,11 +135,16 @@ def fit_text(results, model_label: str) -> str:
         lines.append("  (b) E_q[log p(x|z)] - KL(q||p)  not available: the model has no prior/likelihood split")
     else:
         lines.append("  (b) E_q[log p(x|z)] - KL(q||p)  not available: the prior is improper, so KL(q||p) is undefined")
-    if evidence is not None:
+    if evidence is not None and results.log_evidence_method == "exact":
         lines.append(f"log p(x)                          {evidence.value:.4f}   (exact)")
         lines.append(f"gap = log p(x) - ELBO = KL(q || p(z|x))  {_pm(gap)}")
+    elif evidence is not None:
+        how = f"{results.log_evidence_method}, from the {results.evidence_estimate.start}"
+        lines.append(f"log p(x)                          {_pm(evidence)}   ({how})")
+        lines.append(f"gap = log p(x) - ELBO = KL(q || p(z|x))  {_pm(gap)}")
     else:
-        lines.append("log p(x)                          unknown (no exact value for this model)")
+        lines.append("log p(x)                          unknown (no exact value for this model; "
+                     "estimate it with --evidence smc)")
     if results.converged is False:
         lines.append(_not_converged_note(results))
     seconds = results.seconds

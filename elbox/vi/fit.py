@@ -46,6 +46,7 @@ def fit(
     init: dict[str, Any] | None = None,
     family_options: dict | None = None,
     progress: bool | Callable[[str, int, int], None] = True,
+    evidence: str | None = None,
 ) -> FitResults:
     """Fit q in a variational family by maximising the ELBO; report the bound beside log p(x).
 
@@ -81,6 +82,9 @@ def fit(
             [-2, 2] on the unconstrained space, as for MCMC).
         family_options: passed to the family (e.g. ``flow_layers``, ``nn_width`` for ``flow``).
         progress: a progress bar (``True``), none, or a callback ``(phase, done, total)``.
+        evidence: ``"smc"``, ``"ais"`` or ``"iwae"``: also estimate log p(x) with that method
+            (:func:`elbox.evidence`, from the prior; ``iwae`` from this q), so that the gap
+            log p(x) − ELBO is reported with its standard error where no exact value is known.
 
     Returns:
         :class:`~elbox.vi.results.FitResults`: the ELBO in both forms with standard errors,
@@ -89,6 +93,19 @@ def fit(
     tic_total = time.perf_counter()
     model = resolve(model)
     checks.one_of("method", method, METHODS)
+    if evidence is not None:
+        from elbox.evidence import METHODS as EVIDENCE_METHODS
+
+        checks.one_of("evidence", evidence, EVIDENCE_METHODS)
+        options = dict(learning_rate=learning_rate, optimizer=optimizer, num_samples=num_samples, estimator=estimator,
+                       stop_when_flat=stop_when_flat, eval_samples=eval_samples, init=init,
+                       family_options=family_options, progress=progress)
+        key_fit, key_evidence = jax.random.split(key)
+        results = fit(model, key_fit, method=method, steps=steps, **options)
+        results.evidence_estimate = _estimate_evidence(model, key_evidence, evidence, results)
+        results.seconds["evidence"] = results.evidence_estimate.seconds["total"]
+        results.seconds["total"] = time.perf_counter() - tic_total
+        return results
     if method == "cavi":
         return _fit_cavi(model, key, steps=steps, eval_samples=eval_samples, tic_total=tic_total,
                          ignored={"learning_rate": learning_rate, "optimizer": optimizer, "num_samples": num_samples,
@@ -176,6 +193,15 @@ def fit(
     )
     results.seconds["total"] = time.perf_counter() - tic_total
     return results
+
+
+def _estimate_evidence(model, key, method: str, results: FitResults):
+    """log p(x) by ``method``: SMC and AIS from the prior (or from this q where the prior cannot
+    start them), importance sampling from this q."""
+    from elbox.evidence import evidence
+
+    from_q = method == "iwae" or not model.has_split or not model.prior_is_proper
+    return evidence(model, key, method=method, start=results if from_q else "prior")
 
 
 def _fit_cavi(model, key, *, steps, eval_samples, tic_total, ignored) -> FitResults:

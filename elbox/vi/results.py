@@ -32,6 +32,9 @@ class FitResults:
         constrained_draws: draws from q of the constrained parameters (leading axis: draws);
             :attr:`inference_data` wraps them for ArviZ on first use.
         seconds: ``{"compile", "fitting", "total"}``.
+        evidence_estimate: an estimate of log p(x) (:class:`~elbox.evidence.EvidenceResults`),
+            asked for with ``fit(..., evidence="smc")``; the gap uses it where the model knows no
+            exact value.
     """
 
     model: Model
@@ -46,6 +49,7 @@ class FitResults:
     constrained_draws: dict
     seconds: dict[str, float]
     converged: bool | None = None
+    evidence_estimate: Any = None
 
     @functools.cached_property
     def inference_data(self):
@@ -59,17 +63,26 @@ class FitResults:
 
     @property
     def log_evidence(self) -> Estimate | None:
-        """log p(x) when the model knows it exactly (stderr 0), else ``None``."""
+        """log p(x): exact (stderr 0) when the model knows it, else the estimate asked for with
+        ``evidence=`` (with its standard error), else ``None``."""
         value = self.model.known.log_evidence
-        return None if value is None else Estimate(float(value), 0.0)
+        if value is not None:
+            return Estimate(float(value), 0.0)
+        if self.evidence_estimate is not None:
+            return self.evidence_estimate.log_evidence
+        return None
 
     @property
     def log_evidence_method(self) -> str:
-        return "exact" if self.log_evidence is not None else "unknown"
+        """``"exact"``, the estimator's name (``"smc"``, ``"ais"``, ``"iwae"``) or ``"unknown"``."""
+        if self.model.known.log_evidence is not None:
+            return "exact"
+        return self.evidence_estimate.method if self.evidence_estimate is not None else "unknown"
 
     @property
     def gap(self) -> Estimate | None:
-        """log p(x) - ELBO = KL(q || p(z | x)), with the ELBO's standard error."""
+        """log p(x) - ELBO = KL(q || p(z | x)); its standard error combines the ELBO's and the
+        evidence estimate's (independent draws)."""
         evidence = self.log_evidence
         if evidence is None:
             return None
