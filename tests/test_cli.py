@@ -168,13 +168,20 @@ def test_tour_runs_and_fills_its_folder(tmp_path):
     rows = report["mh_conjugate"]["convergence"]
     # The histogram gets closer to the exact posterior as draws grow (first vs last row).
     assert rows[-1]["ks_distance"] < rows[0]["ks_distance"]
-    for name in ["mh_conjugate_histograms.png", "nuts_eight_schools_trace.png", "mh_conjugate.md"]:
+    for name in ["mh_conjugate_histograms.png", "nuts_eight_schools_trace.png", "mh_conjugate.md",
+                 "evidence_bounds_eight_schools.png"]:
         assert (out / name).stat().st_size > 0
+    # The evidence section: SMC and AIS agree, and both lie above every ELBO of the picture.
+    evidence = report["evidence"]
+    smc, ais = evidence["smc"]["log_evidence"], evidence["ais"]["log_evidence"]
+    assert abs(smc["value"] - ais["value"]) < 4 * (smc["stderr"] ** 2 + ais["stderr"] ** 2) ** 0.5
+    for elbo in evidence["bounds"]["elbo"].values():
+        assert elbo["value"] < smc["value"]
 
 
 FIT_FIELDS = {
-    "model", "method", "steps", "seed", "elbo", "elbo_forms", "log_evidence", "gap", "seconds", "parameters",
-    "converged",
+    "model", "method", "steps", "seed", "elbo", "elbo_forms", "log_evidence", "gap", "gap_stderr", "seconds",
+    "parameters", "converged",
 }
 
 
