@@ -112,6 +112,8 @@ class Model:
             is an independent Gaussian with fixed parameters (for a closed-form KL), else None.
         supports: ``{site: constraint}``, each latent site's support (NumPyro constraints), used
             to check user starting values; empty when unknown.
+        log_prior_and_likelihood_fn: ``u -> (log_prior, log_likelihood)`` in one evaluation, where
+            the model computes both in one pass (a NumPyro model's trace); None to call the two.
         prior_draw_fn: ``key -> u``, one draw of the unconstrained parameters from the prior
             (what annealing from the prior starts from); None when the model cannot draw one.
         conjugacy: a :class:`Conjugacy` declaring that the model is a conditionally conjugate
@@ -137,6 +139,7 @@ class Model:
         supports: dict[str, Any] | None = None,
         conjugacy: Conjugacy | None = None,
         prior_draw_fn: Callable | None = None,
+        log_prior_and_likelihood_fn: Callable | None = None,
     ):
         if log_joint_fn is None:
             if log_prior_fn is None or log_likelihood_fn is None:
@@ -161,6 +164,7 @@ class Model:
         self.supports = dict(supports or {})
         self.conjugacy = conjugacy
         self._prior_draw_fn = prior_draw_fn
+        self._log_prior_and_likelihood_fn = log_prior_and_likelihood_fn
         self._programs: dict = {}
         # Traced once per input shape and dtype, then reused by every program that calls it
         # (vmap, grad and the drivers' loops transform the traced function, not the Python one):
@@ -265,6 +269,15 @@ class Model:
     def flat_log_likelihood(self, flat: jax.Array) -> jax.Array:
         """``log_likelihood`` of a flat unconstrained vector."""
         return self.log_likelihood(self.unravel(flat))
+
+    def flat_log_prior_and_likelihood(self, flat: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(log_prior, log_likelihood)`` of a flat unconstrained vector, in one evaluation of the
+        model where it can (what tempering evaluates at every step)."""
+        self._require_split("log_prior_and_likelihood")
+        u = self.unravel(flat)
+        if self._log_prior_and_likelihood_fn is not None:
+            return self._log_prior_and_likelihood_fn(u)
+        return self._log_prior_fn(u), self._log_likelihood_fn(u)
 
     def __repr__(self) -> str:
         return f"Model(name={self.name!r}, dimension={self.dimension}, split={self.has_split})"
@@ -465,6 +478,7 @@ def _from_numpyro(model_fn, model_args, model_kwargs, name, known) -> Model:
         init_position=init,
         log_prior_fn=lambda u: split_terms(u)[0],
         log_likelihood_fn=lambda u: split_terms(u)[1],
+        log_prior_and_likelihood_fn=split_terms,
         log_joint_fn=joint,
         constrain_fn=constrain,
         unconstrain_fn=unconstrain,

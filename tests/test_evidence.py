@@ -118,6 +118,8 @@ def test_standard_errors_are_honest_over_seeds(method, name):
     variance = z.var(ddof=1)
     low, high = stats.chi2.ppf([0.001, 0.999], seeds - 1) / (seeds - 1)
     assert low <= variance <= high, (variance, z)
+    # negative control: the same estimates with standard errors half as large fail the check
+    assert not low <= (2 * z).var(ddof=1) <= high
 
 
 # -- no closed form ---------------------------------------------------------------------------------

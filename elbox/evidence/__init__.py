@@ -43,8 +43,8 @@ def evidence(model: Any, key: jax.Array, method: str = "smc", *, particles: int 
         method: ``"smc"`` (default), ``"ais"`` or ``"iwae"``.
         particles: SMC: particles per run (1000); AIS: independent chains (1000); IWAE: draws
             from q (100,000).
-        runs: SMC's independent runs along the pilot's schedule (8); their spread gives the
-            standard error.
+        runs: SMC's independent runs (8), stepping together; their spread gives the standard
+            error.
         moves: HMC transitions per change of β (SMC 10, AIS 1).
         steps: AIS's number of temperatures T (500; β_t = (t/T)^4).
         start: ``"prior"``, or a fit (:func:`elbox.fit`'s result): anneal from q instead of the
@@ -106,10 +106,13 @@ def _resolve_start(model, key, method: str, start):
     return start
 
 
-def _timed(function, *args):
-    """Compile ``function`` for ``args``, then run it: (outputs on the host, seconds)."""
+def _timed(model, settings: tuple, fit, function, *args):
+    """``function(*args)`` compiled (once per model and ``settings`` in a process: a second estimate
+    reuses the program; not kept when it closes over a fit's q), then run: (outputs on the host,
+    seconds)."""
     tic = time.perf_counter()
-    compiled = jax.jit(function).lower(*args).compile()
+    key = None if fit is not None else ("evidence",) + settings
+    compiled = model.program(key, lambda: jax.jit(function).lower(*args).compile())
     compiled_at = time.perf_counter()
     outputs = jax.device_get(compiled(*args))
     return outputs, {"compile": compiled_at - tic, "running": time.perf_counter() - compiled_at}
@@ -119,22 +122,15 @@ def _smc(model, key, path, fit, settings):
     n, runs, moves = settings["particles"], settings["runs"], settings["moves"]
 
     def program(key):
-        key_pilot, key_start, key_runs = jax.random.split(key, 3)
-        betas, num_betas = smc.adaptive_schedule(key_pilot, path, tempering.draw_start(path, model, fit, key_start, n),
-                                                 moves)
+        key_start, key_runs = jax.random.split(key)
+        start = tempering.draw_start(path, model, fit, key_start, runs * n).reshape(runs, n, model.dimension)
+        out = smc.run(key_runs, path, start, moves)
+        return out["log_z"], out["acceptance"], out["stages"], out["reached_one"]
 
-        def one_run(run_key):
-            key_start, key_run = jax.random.split(run_key)
-            start = tempering.draw_start(path, model, fit, key_start, n)
-            return tempering.anneal(key_run, path, start, betas, num_betas, moves, resample=True)
-
-        out = jax.vmap(one_run)(jax.random.split(key_runs, runs))
-        return out["log_z"], out["acceptance"], num_betas
-
-    (log_z, acceptance, num_betas), seconds = _timed(program, key)
-    diagnostics = {"stages": int(num_betas) - 1, "acceptance": float(np.mean(acceptance)),
-                   "run_log_evidence": [float(v) for v in log_z],
-                   "reached_posterior": bool(int(num_betas) <= smc.MAX_STAGES)}
+    (log_z, acceptance, stages, reached_one), seconds = _timed(model, ("smc", path.start, n, runs, moves), fit,
+                                                               program, key)
+    diagnostics = {"stages": int(stages), "acceptance": float(acceptance),
+                   "run_log_evidence": [float(v) for v in log_z], "reached_posterior": bool(reached_one)}
     return log_mean_exp(log_z), None, diagnostics, seconds
 
 
@@ -152,7 +148,8 @@ def _ais(model, key, path, fit, settings):
             reverse = ais.run(key_reverse, path, exact.astype(model.flat_dtype), betas[::-1], moves)["log_weights"]
         return forward["log_weights"], forward["acceptance"], reverse
 
-    (log_weights, acceptance, reverse), seconds = _timed(program, key)
+    (log_weights, acceptance, reverse), seconds = _timed(model, ("ais", path.start, n, steps, moves), fit,
+                                                         program, key)
     log_weights = np.asarray(log_weights, dtype=np.float64)
     ess = float(np.exp(2 * _logsumexp(log_weights) - _logsumexp(2 * log_weights)))
     upper = None

@@ -35,4 +35,4 @@ def schedule(num_steps: int, dtype) -> jax.Array:
 
 def run(key, path: tempering.Path, start: jax.Array, betas: jax.Array, num_moves: int):
     """Anneal the chains ``start`` (draws of π_{β_0}) along ``betas``; their log weights."""
-    return tempering.anneal(key, path, start, betas, betas.shape[0], num_moves, resample=False)
+    return tempering.anneal(key, path, start, betas, num_moves)

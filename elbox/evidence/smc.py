@@ -1,18 +1,18 @@
 """Sequential Monte Carlo with adaptive tempering (Del Moral, Doucet & Jasra 2006; Jasra et al.
 2011): log p(x) as the sum of the logs of the mean incremental weights.
 
-Each stage, with N equally weighted particles at β:
+R independent runs of N particles each step together. Each stage, at β:
 
-1. choose the next β' > β as the largest with ESS(exp((β' − β) ℓ)) ≥ ρ N (ρ = 0.5), or 1;
-2. add log (1/N) Σ_i exp((β' − β) ℓ(u_i)) to log Ẑ;
-3. resample N particles in proportion to those weights (systematic resampling);
-4. move them with HMC on π_β' (:mod:`elbox.evidence.tempering`).
+1. choose the next β' > β as the largest with ESS(exp((β' − β) ℓ)) ≥ ρ R N (ρ = 0.5) over all
+   R N particles pooled, or 1;
+2. in each run r, add log (1/N) Σ_i exp((β' − β) ℓ(u_ri)) to its log Ẑ_r;
+3. resample each run's N particles in proportion to those weights (systematic resampling);
+4. move all particles with HMC on π_β' (:mod:`elbox.evidence.tempering`).
 
-Choosing β' from the same particles that then estimate the increment biases Ẑ by O(1/N) per
-stage, which adds up over a hundred stages. So a pilot run chooses the schedule, and the
-estimate comes from independent runs along that fixed schedule: each run's Ẑ is then an
-unbiased estimate of p(x). The reported log p(x) is the log of the runs' mean Ẑ, its standard
-error the runs' relative spread over sqrt(runs) (:func:`elbox.estimate.log_mean_exp`).
+Each Ẑ_r estimates p(x) without bias but for the choice of β' from the particles, an O(1/(R N))
+effect once the choice pools all runs. The reported log p(x) is the log of the runs' mean Ẑ, its
+standard error the runs' relative spread over sqrt(R) (:func:`elbox.estimate.log_mean_exp`).
+The runs share only β and the moves' tuning.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from elbox.evidence import tempering
 
 TARGET_ESS_FRACTION = 0.5
-MAX_STAGES = 2_000
+MAX_STAGES = 1_000
 BISECTION_STEPS = 60
 
 
@@ -52,32 +52,40 @@ def next_beta_step(increments: jax.Array, beta, target_ess):
     return jnp.where(ess(remaining) >= target_ess, remaining, step)
 
 
-def adaptive_schedule(key, path: tempering.Path, start: jax.Array, num_moves: int,
-                      target_ess_fraction: float = TARGET_ESS_FRACTION):
-    """A pilot SMC run from ``start`` that chooses each next β adaptively. Returns
-    ``(betas, num_betas)``: the schedule β_0 = 0 < ... < β_{num_betas−1} = 1, padded with 1 to
-    ``MAX_STAGES + 1`` entries (``num_betas`` is MAX_STAGES + 1 without reaching 1)."""
-    n = start.shape[0]
+def run(key, path: tempering.Path, start: jax.Array, num_moves: int,
+        target_ess_fraction: float = TARGET_ESS_FRACTION):
+    """R SMC runs from the particles ``start`` (shape ``(R, N, dimension)``, draws of the base).
+    Returns a dict: ``log_z`` (per run), ``stages``, ``acceptance`` (mean over stages),
+    ``reached_one`` (β = 1 before ``MAX_STAGES``)."""
+    runs, n, dimension = start.shape
     dtype = start.dtype
-    target_ess = target_ess_fraction * n
-    betas = jnp.ones(MAX_STAGES + 1, dtype).at[0].set(0.0)
-    init = dict(key=key, positions=start, increments=tempering.increments(path, start), beta=jnp.zeros((), dtype),
-                betas=betas, stage=jnp.int32(0),
-                step_size=jnp.asarray(tempering.initial_step_size(start.shape[1]), dtype))
+    target_ess = target_ess_fraction * runs * n
+
+    def flat(x):
+        return x.reshape((runs * n,) + x.shape[2:])
+
+    init = dict(key=key, positions=start, increments=tempering.increments(path, flat(start)).reshape(runs, n),
+                beta=jnp.zeros((), dtype), log_z=jnp.zeros(runs, dtype), stage=jnp.int32(0),
+                acceptance_sum=jnp.zeros((), dtype),
+                step_size=jnp.asarray(tempering.initial_step_size(dimension), dtype))
 
     def keep_going(c):
         return (c["beta"] < 1.0) & (c["stage"] < MAX_STAGES)
 
     def stage(c):
         key, key_resample, key_move = jax.random.split(c["key"], 3)
-        delta = next_beta_step(c["increments"], c["beta"], target_ess)
+        delta = next_beta_step(flat(c["increments"]), c["beta"], target_ess)
         log_weights = jnp.where(jnp.isfinite(c["increments"]), delta * c["increments"], -jnp.inf)
-        positions = c["positions"][tempering.systematic_resample(key_resample, log_weights)]
+        log_z = c["log_z"] + jax.nn.logsumexp(log_weights, axis=1) - jnp.log(jnp.asarray(n, dtype))
+        chosen = jax.vmap(tempering.systematic_resample)(jax.random.split(key_resample, runs), log_weights)
+        positions = jnp.take_along_axis(c["positions"], chosen[:, :, None], axis=1)
         beta = jnp.where(delta >= 1.0 - c["beta"], jnp.ones((), dtype), c["beta"] + delta)
-        positions, step_size, _ = tempering.move(key_move, positions, beta, c["step_size"],
-                                                 tempering.particle_variance(positions), path, num_moves)
-        return dict(key=key, positions=positions, increments=tempering.increments(path, positions), beta=beta,
-                    betas=c["betas"].at[c["stage"] + 1].set(beta), stage=c["stage"] + 1, step_size=step_size)
+        moved, step_size, acceptance = tempering.move(key_move, flat(positions), beta, c["step_size"],
+                                                      tempering.particle_variance(flat(positions)), path, num_moves)
+        return dict(key=key, positions=moved.reshape(runs, n, dimension),
+                    increments=tempering.increments(path, moved).reshape(runs, n), beta=beta, log_z=log_z,
+                    stage=c["stage"] + 1, acceptance_sum=c["acceptance_sum"] + acceptance, step_size=step_size)
 
     c = jax.lax.while_loop(keep_going, stage, init)
-    return c["betas"], c["stage"] + 1
+    return dict(log_z=c["log_z"], stages=c["stage"], acceptance=c["acceptance_sum"] / jnp.maximum(c["stage"], 1),
+                reached_one=c["beta"] >= 1.0)

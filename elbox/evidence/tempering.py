@@ -36,31 +36,40 @@ NUM_MOVES = 20
 
 
 class Path(NamedTuple):
-    """log π_β = log_base + β increment, functions of one flat unconstrained vector.
+    """log π_β = log b + β ℓ, from one flat unconstrained vector.
 
     Attributes:
-        log_base: log b(u), a normalised density (the prior, or q).
-        increment: ℓ(u) = log p(x, u) − log b(u).
+        base_and_increment: ``u -> (log b(u), ℓ(u))`` in one evaluation, b a normalised density
+            (the prior, or q) and ℓ(u) = log p(x, u) − log b(u).
         start: ``"prior"`` or ``"q"``, in words for reports.
     """
 
-    log_base: Callable
-    increment: Callable
+    base_and_increment: Callable
     start: str
+
+    def log_density(self, u, beta):
+        """log π_β(u) = log b(u) + β ℓ(u)."""
+        log_base, increment = self.base_and_increment(u)
+        return log_base + beta * increment
+
+    def increment(self, u):
+        """ℓ(u)."""
+        return self.base_and_increment(u)[1]
 
 
 def prior_path(model) -> Path:
     """From the prior p(u) to the posterior: ℓ is the log-likelihood."""
-    return Path(model.flat_log_prior, model.flat_log_likelihood, "prior")
+    return Path(model.flat_log_prior_and_likelihood, "prior")
 
 
 def fitted_path(model, fit) -> Path:
     """From a fitted q(u) to the posterior: ℓ = log p(x, u) − log q(u)."""
 
-    def log_q(u):
-        return fit.family.log_prob(fit.params, u)
+    def base_and_increment(u):
+        log_q = fit.family.log_prob(fit.params, u)
+        return log_q, model.flat_log_joint(u) - log_q
 
-    return Path(log_q, lambda u: model.flat_log_joint(u) - log_q(u), "q")
+    return Path(base_and_increment, "q")
 
 
 def draw_start(path: Path, model, fit, key, n: int) -> jax.Array:
@@ -97,18 +106,24 @@ def initial_step_size(dimension: int) -> float:
 
 def move(key, positions: jax.Array, beta, step_size, inverse_mass, path: Path, num_moves: int):
     """``num_moves`` HMC transitions of every particle on π_β, the step size following the
-    particles' mean acceptance after each. Returns ``(positions, step_size, mean_acceptance)``."""
+    particles' mean acceptance after each. Returns ``(positions, step_size, mean_acceptance)``.
+
+    Each transition takes L leapfrog steps, L drawn uniformly from 1..2·4 − 1 per transition and
+    shared by all particles (a vectorised batch waits for its longest trajectory, so one L per
+    particle would cost the longest of them every time)."""
 
     def log_target(u):
-        return path.log_base(u) + beta * path.increment(u)
+        return path.log_density(u, beta)
 
-    kernel = jax.vmap(hmc.build_kernel(log_target, num_steps=NUM_LEAPFROG, jitter=True), in_axes=(0, 0, None))
     log_density, gradient = jax.vmap(jax.value_and_grad(log_target))(positions)
     states = GradientState(positions, log_density, gradient)
 
     def one_move(carry, key_move):
         states, step_size = carry
-        states, info = kernel(jax.random.split(key_move, positions.shape[0]), states,
+        key_steps, key_kernel = jax.random.split(key_move)
+        num_steps = jax.random.randint(key_steps, (), 1, 2 * NUM_LEAPFROG)
+        kernel = jax.vmap(hmc.build_kernel(log_target, num_steps=num_steps, jitter=False), in_axes=(0, 0, None))
+        states, info = kernel(jax.random.split(key_kernel, positions.shape[0]), states,
                               StepParams(step_size, inverse_mass))
         acceptance = jnp.mean(info.acceptance_rate)
         return (states, step_size * jnp.exp(acceptance - TARGET_ACCEPTANCE)), acceptance
@@ -126,38 +141,25 @@ def systematic_resample(key, log_weights: jax.Array) -> jax.Array:
     return jnp.clip(jnp.searchsorted(cumulative, points), 0, n - 1)
 
 
-def anneal(key, path: Path, start: jax.Array, betas: jax.Array, num_betas, num_moves: int, resample: bool):
-    """Carry the particles ``start`` (draws of π_{β_0}) along ``betas[:num_betas]``.
-
-    At each new β_t every particle's log weight gains (β_t − β_{t−1}) ℓ(u); with ``resample``
-    (SMC) the particles are then resampled in proportion to their weights and the log of the
-    mean weight is added to log Ẑ; without (AIS) the weights accumulate per particle. Then the
-    particles move on π_{β_t}. ``num_betas`` may be traced (a schedule padded to a fixed shape).
-    Returns a dict: ``log_z`` (SMC: log Ẑ), ``log_weights`` (AIS: per particle; SMC: zeros),
-    ``acceptance`` (mean over steps), ``positions``.
-    """
+def anneal(key, path: Path, start: jax.Array, betas: jax.Array, num_moves: int):
+    """Carry the particles ``start`` (draws of π_{β_0}) along ``betas`` without resampling (AIS):
+    at each new β_t every particle's log weight gains (β_t − β_{t−1}) ℓ(u), then the particles
+    move on π_{β_t}. Returns a dict: ``log_weights`` (per particle), ``acceptance`` (mean over
+    steps), ``positions``."""
     n, dimension = start.shape
     dtype = start.dtype
 
     def anneal_step(t, c):
-        key_resample, key_move = jax.random.split(jax.random.fold_in(key, t))
         beta = betas[t]
         log_weights = c["log_weights"] + jnp.where(jnp.isfinite(c["increments"]),
                                                    (beta - betas[t - 1]) * c["increments"], -jnp.inf)
-        positions, log_z = c["positions"], c["log_z"]
-        if resample:
-            log_z = log_z + jax.nn.logsumexp(log_weights) - jnp.log(jnp.asarray(n, dtype))
-            positions = positions[systematic_resample(key_resample, log_weights)]
-            log_weights = jnp.zeros_like(log_weights)
-        inverse_mass = particle_variance(positions, log_weights)
-        positions, step_size, acceptance = move(key_move, positions, beta, c["step_size"], inverse_mass, path,
-                                                num_moves)
+        positions, step_size, acceptance = move(jax.random.fold_in(key, t), c["positions"], beta, c["step_size"],
+                                                particle_variance(c["positions"], log_weights), path, num_moves)
         return dict(positions=positions, increments=increments(path, positions), log_weights=log_weights,
-                    log_z=log_z, step_size=step_size, acceptance_sum=c["acceptance_sum"] + acceptance)
+                    step_size=step_size, acceptance_sum=c["acceptance_sum"] + acceptance)
 
     init = dict(positions=start, increments=increments(path, start), log_weights=jnp.zeros(n, dtype),
-                log_z=jnp.zeros((), dtype), step_size=jnp.asarray(initial_step_size(dimension), dtype),
-                acceptance_sum=jnp.zeros((), dtype))
-    c = jax.lax.fori_loop(1, num_betas, anneal_step, init)
-    return dict(log_z=c["log_z"], log_weights=c["log_weights"], positions=c["positions"],
-                acceptance=c["acceptance_sum"] / jnp.maximum(num_betas - 1, 1))
+                step_size=jnp.asarray(initial_step_size(dimension), dtype), acceptance_sum=jnp.zeros((), dtype))
+    c = jax.lax.fori_loop(1, betas.shape[0], anneal_step, init)
+    return dict(log_weights=c["log_weights"], positions=c["positions"],
+                acceptance=c["acceptance_sum"] / (betas.shape[0] - 1))
