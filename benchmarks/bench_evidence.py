@@ -8,12 +8,12 @@ unconstrained vector, in float32: the built-in elbox model's ``flat_log_prior`` 
 ``known.log_evidence``. The models: ``normal_normal`` (1-d), ``nig_regression`` (5-d, the
 normal-inverse-gamma regression) and ``gaussian_evidence_100d`` (100-d).
 
-* elbox: ``elbox.evidence(model, key, method="smc", particles=N, runs=R, moves=M)``: a pilot run
-  of N particles chooses the schedule of β adaptively (ESS 0.5 N), then R independent runs of N
-  particles follow it; the estimate is the log of their mean Ẑ, with the runs' spread as its
-  standard error. Every change of β is followed by M HMC moves (a jittered number of leapfrog
-  steps, 4 on average; inverse mass matrix the particles' variance; step size multiplied by
-  exp(acceptance − 0.65) after every move).
+* elbox: ``elbox.evidence(model, key, method="smc", particles=N, runs=R, moves=M)``: R runs of N
+  particles step together, each next β chosen adaptively from all R N particles pooled (ESS
+  0.5 R N), each run resampling its own; the estimate is the log of their mean Ẑ, with the runs'
+  spread as its standard error. Every change of β is followed by M HMC moves (a number of
+  leapfrog steps drawn per move, 4 on average; inverse mass matrix the particles' variance; step
+  size multiplied by exp(acceptance − 0.65) after every move).
 * BlackJAX: ``blackjax.smc.adaptive_tempered.build_kernel`` (the kernel of
   ``blackjax.adaptive_tempered_smc``) with target ESS 0.5, ``blackjax.smc.resampling.systematic``
   and ``blackjax.hmc`` as the inner kernel: M moves per change of β (``num_mcmc_steps``), each
@@ -22,8 +22,8 @@ normal-inverse-gamma regression) and ``gaussian_evidence_100d`` (100-d).
   elbox sets its own: the inverse mass matrix is the particles' weighted variance (diagonal), the
   step size starts at d^(-1/4) and is multiplied by exp(mean acceptance − 0.65) after each stage.
   One run gives one estimate and no standard error. Two lines: ``blackjax`` with N particles
-  (elbox's count per run) and ``blackjax-matched`` with (R + 1) N particles, as many as elbox
-  moves in its pilot and its R runs together (about the same work per stage).
+  (elbox's count per run) and ``blackjax-matched`` with R N particles, as many as elbox moves in
+  its R runs together (about the same work per stage).
 
 Each (library, model, seed) runs in a fresh Python process (this script, started again with
 ``--worker``): it times the imports (jax, elbox, and BlackJAX for its lines), builds the model
@@ -68,7 +68,7 @@ DEFAULT_PARTICLES = {"normal_normal": 2000, "nig_regression": 1000, "gaussian_ev
 QUICK_PARTICLES = 200
 QUICK_MODELS = ("normal_normal", "nig_regression")
 DEFAULT_SEEDS = 5
-# elbox's defaults: runs along the pilot's schedule, HMC moves per change of β.
+# elbox's defaults: runs stepping together, HMC moves per change of β.
 RUNS, MOVES = 8, 10
 # BlackJAX's inner HMC and its tuning between stages (elbox's own rule, applied per stage).
 NUM_INTEGRATION_STEPS = 4
@@ -188,7 +188,7 @@ def run_worker(library: str, model_name: str, particles: int, runs: int, moves: 
     elif library == "blackjax":
         result = run_blackjax(model, key, particles, moves)
     elif library == "blackjax-matched":
-        result = run_blackjax(model, key, (runs + 1) * particles, moves)
+        result = run_blackjax(model, key, runs * particles, moves)
     else:
         raise ValueError(f"unknown library {library!r}; choose from {', '.join(LIBRARIES)}")
     seconds = time.perf_counter() - tic
