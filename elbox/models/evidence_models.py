@@ -10,7 +10,6 @@ that the samplers see. Each model's ``Known.posterior_sampler`` draws the exact 
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple
 
@@ -37,7 +36,9 @@ class GaussianEvidenceData(NamedTuple):
 GAUSSIAN_EVIDENCE_SEED = 20261202
 
 
-@functools.cache
+# Not cached: every model built gets its own arrays. JAX keeps the device copy of a NumPy array
+# it has converted, so an array shared by a float32 model and a float64 one (models.build under
+# jax.enable_x64) would reach the second in the first one's dtype.
 def gaussian_evidence_100d_data() -> GaussianEvidenceData:
     """Simulated once: z* ~ N(0, 100^2 I), then y ~ N(z*, diag(sigma^2)), sigma = logspace(-2, 1, 100),
     with ``np.random.default_rng(20261202)``."""
@@ -111,7 +112,6 @@ class NIGRegressionData(NamedTuple):
 NIG_REGRESSION_SEED = 20261203
 
 
-@functools.cache
 def nig_regression_data() -> NIGRegressionData:
     """Simulated once with ``np.random.default_rng(20261203)``: the 3 predictors (standard
     normal), then sigma2* ~ InvGamma(3, 2), beta* ~ N(0, 4 sigma2* I), y ~ N(X beta*, sigma2* I)."""
