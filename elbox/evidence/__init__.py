@@ -151,7 +151,7 @@ def _ais(model, key, path, fit, settings):
     (log_weights, acceptance, reverse), seconds = _timed(model, ("ais", path.start, n, steps, moves), fit,
                                                          program, key)
     log_weights = np.asarray(log_weights, dtype=np.float64)
-    ess = float(np.exp(2 * _logsumexp(log_weights) - _logsumexp(2 * log_weights)))
+    ess = float(smc.effective_sample_size(log_weights))
     upper = None
     if reverse is not None:
         inverse = log_mean_exp(np.asarray(reverse, dtype=np.float64))
@@ -168,11 +168,6 @@ def _iwae(model, key, path, fit, settings):
     bounds = {str(k): importance.iwae_bound(weights, k).as_dict() for k in IWAE_SIZES if k * 2 <= weights.size}
     diagnostics = {"pareto_k": k_hat, "elbo": fit.elbo.as_dict(), "iwae": bounds, "family": fit.method}
     return estimate, None, diagnostics, seconds
-
-
-def _logsumexp(values: np.ndarray) -> float:
-    top = np.max(values)
-    return float(top + np.log(np.sum(np.exp(values - top)))) if np.isfinite(top) else float(top)
 
 
 def _warnings(results: EvidenceResults) -> list[str]:
