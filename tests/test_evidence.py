@@ -158,7 +158,7 @@ def test_an_improper_prior_offers_the_start_from_q():
         elbox.evidence(model, jax.random.key(0))
     fit = elbox.fit(model, jax.random.key(0), method="fullrank", progress=False)
     results = elbox.evidence(model, jax.random.key(0), method="smc", start=fit)
-    assert results.start == "q"
+    assert results.start == "fullrank q"
     assert np.isfinite(results.log_evidence.value)
 
 

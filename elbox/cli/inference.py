@@ -76,6 +76,10 @@ def add_parsers(commands):
                                "exist; iwae: importance sampling from a fitted full-rank q")
     evidence.add_argument("--particles", type=_count(2), default=None,
                           help="smc: particles per run (1000); ais: chains (1000); iwae: draws from q (100000)")
+    evidence.add_argument("--start", default="prior", choices=["prior", "meanfield", "fullrank"],
+                          help="smc/ais: anneal from the prior (default) or from q of this family, fitted first: "
+                               "a much shorter path where the posterior is far narrower than the prior, but it "
+                               "cannot find modes that q missed (iwae draws from q of this family; full-rank by default)")
     evidence.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     evidence.add_argument("--json", metavar="PATH", type=Path, help="write the estimate as JSON to PATH")
     evidence.add_argument("--out", metavar="DIR", type=Path,
@@ -183,7 +187,8 @@ def run_evidence(args) -> int:
 
     model = load_model(args.model)
     print(f"{args.model}: estimating log p(x) by {args.method} ...", flush=True)
-    results = evidence(model, jax.random.key(args.seed), method=args.method, particles=args.particles)
+    results = evidence(model, jax.random.key(args.seed), method=args.method, particles=args.particles,
+                       start=args.start)
     print("\n".join(results.summary_lines()))
     if args.json:
         write_json(args.json, {**results.as_dict(), "model": args.model, "seed": args.seed})

@@ -47,9 +47,14 @@ def evidence(model: Any, key: jax.Array, method: str = "smc", *, particles: int 
             error.
         moves: HMC transitions per change of β (SMC 10, AIS 1).
         steps: AIS's number of temperatures T (500; β_t = (t/T)^4).
-        start: ``"prior"``, or a fit (:func:`elbox.fit`'s result): anneal from q instead of the
-            prior (needed where the prior is improper or the model has no prior/likelihood
-            split). ``iwae`` always starts from q and fits a full-rank Gaussian when given none.
+        start: ``"prior"``; a family (``"meanfield"``, ``"fullrank"``, ``"flow"``), fitted
+            first with :func:`elbox.fit`; or a fit (:func:`elbox.fit`'s result). From q the path
+            runs from q to the posterior instead of from the prior: needed where the prior is
+            improper or the model has no prior/likelihood split, and much shorter where the
+            posterior is far narrower than the prior (the fit's seconds are counted in
+            ``seconds["fit"]`` and ``seconds["total"]``). From the prior the particles can find
+            modes that a fitted q missed. ``iwae`` always starts from q and fits a full-rank
+            Gaussian when given none.
 
     Returns:
         :class:`~elbox.evidence.results.EvidenceResults`.
@@ -68,35 +73,41 @@ def evidence(model: Any, key: jax.Array, method: str = "smc", *, particles: int 
             raise SettingsError(f"{name} is not an option of the {method} estimator (it takes "
                                 f"{', '.join(settings)}).")
         settings[name] = checks.count(name, value, minimum=2 if name in ("particles", "runs") else 1)
-    fit = _resolve_start(model, key, method, start)
-    path = tempering.prior_path(model) if fit is None else tempering.fitted_path(model, fit)
     tic = time.perf_counter()
+    fit = _resolve_start(model, key, method, start)
+    seconds_fit = time.perf_counter() - tic if isinstance(start, str) and fit is not None else 0.0
+    path = tempering.prior_path(model) if fit is None else tempering.fitted_path(model, fit)
     estimate, upper, diagnostics, seconds = ESTIMATORS[method](model, key, path, fit, settings)
-    seconds["total"] = time.perf_counter() - tic
-    results = EvidenceResults(model=model, method=method, log_evidence=estimate, start=path.start,
+    seconds = {"fit": seconds_fit, **seconds, "total": time.perf_counter() - tic}
+    results = EvidenceResults(model=model, method=method, log_evidence=estimate, start="prior" if fit is None else f"{fit.method} q",
                               seconds=seconds, settings=settings, diagnostics=diagnostics, upper_bound=upper)
     results.warnings = _warnings(results)
     return results
 
 
 def _resolve_start(model, key, method: str, start):
-    """None to start from the prior, else the fit whose q starts the estimate."""
+    """None to start from the prior, else the fit whose q starts the estimate (fitted here when
+    ``start`` names a family)."""
+    from elbox.vi.families import FAMILIES
+
     if isinstance(start, str):
-        if start != "prior":
-            raise SettingsError(f"start must be 'prior' or a fit (elbox.fit's result), got {start!r}.")
-        if method == "iwae":
+        if start not in ("prior", *FAMILIES):
+            raise SettingsError(f"start must be 'prior', a family to fit first ({', '.join(FAMILIES)}) or a fit "
+                                f"(elbox.fit's result), got {start!r}.")
+        if method == "iwae" or start != "prior":
             from elbox.vi.fit import fit as fit_q
 
-            return fit_q(model, key, method="fullrank", progress=False)
+            family = "fullrank" if start == "prior" else start
+            return fit_q(model, jax.random.fold_in(key, 7), method=family, progress=False)
         if not model.has_split:
             raise NoPriorLikelihoodSplit(
                 f"Model '{model.name}' was given as one log density, so it cannot be tempered from "
                 "its prior. Build it with Model.from_numpyro or Model.from_prior_and_likelihood, or "
-                "start from a fitted q: elbox.evidence(model, key, start=elbox.fit(model, key)).")
+                "start from a fitted q: elbox.evidence(model, key, start=\"meanfield\").")
         if not model.prior_is_proper:
             raise ModelError(
                 f"Model '{model.name}' has an improper prior: annealing cannot start from it. Start "
-                "from a fitted q instead: elbox.evidence(model, key, start=elbox.fit(model, key)).")
+                "from a fitted q instead: elbox.evidence(model, key, start=\"meanfield\").")
         return None
     if not hasattr(start, "family") or getattr(start, "model", None) is None:
         raise SettingsError("start must be 'prior' or the result of elbox.fit on the same model.")
@@ -125,11 +136,11 @@ def _smc(model, key, path, fit, settings):
         key_start, key_runs = jax.random.split(key)
         start = tempering.draw_start(path, model, fit, key_start, runs * n).reshape(runs, n, model.dimension)
         out = smc.run(key_runs, path, start, moves)
-        return out["log_z"], out["acceptance"], out["stages"], out["reached_one"]
+        return out["log_z"], out["acceptance"], out["stages"], out["reached_one"], out["step_size"]
 
-    (log_z, acceptance, stages, reached_one), seconds = _timed(model, ("smc", path.start, n, runs, moves), fit,
+    (log_z, acceptance, stages, reached_one, step_size), seconds = _timed(model, ("smc", path.start, n, runs, moves), fit,
                                                                program, key)
-    diagnostics = {"stages": int(stages), "acceptance": float(acceptance),
+    diagnostics = {"stages": int(stages), "acceptance": float(acceptance), "step_size": float(step_size),
                    "run_log_evidence": [float(v) for v in log_z], "reached_posterior": bool(reached_one)}
     return log_mean_exp(log_z), None, diagnostics, seconds
 

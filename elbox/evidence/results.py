@@ -19,8 +19,10 @@ class EvidenceResults:
         log_evidence: the estimate of log p(x) in nats with its standard error. AIS, SMC and
             importance sampling average unbiased estimates of p(x), so their log is a stochastic
             lower bound (biased low by about half its variance).
-        start: where the annealing or importance sampling started: ``"prior"`` or ``"q"``.
-        seconds: ``{"compile", "running", "total"}``.
+        start: where the annealing or importance sampling started: ``"prior"``, or the family of the
+            fitted q (``"meanfield q"``, ...).
+        seconds: ``{"fit", "compile", "running", "total"}``; ``fit`` is the time spent fitting
+            the q that started the estimate when it was fitted here (``start="meanfield"``).
         settings: the method's resolved options (particles, runs, moves, steps, ...).
         diagnostics: what says whether to trust it (SMC: stages, mean acceptance; AIS: the
             weights' effective sample size; importance sampling: Pareto k̂; IWAE_K bounds).
@@ -74,7 +76,8 @@ class EvidenceResults:
         for name, item in self.diagnostics.items():
             if isinstance(item, (int, float)) and not isinstance(item, bool):
                 lines.append(f"{name.replace('_', ' ')}: {item:.4g}")
-        lines.append(f"seconds: compile {self.seconds['compile']:.2f}, running {self.seconds['running']:.2f}, "
+        fitting = f"fitting q {self.seconds['fit']:.2f}, " if self.seconds.get("fit") else ""
+        lines.append(f"seconds: {fitting}compile {self.seconds['compile']:.2f}, running {self.seconds['running']:.2f}, "
                      f"total {self.seconds['total']:.2f}")
         lines += [f"warning: {w}" for w in self.warnings]
         return lines

@@ -56,7 +56,8 @@ def run(key, path: tempering.Path, start: jax.Array, num_moves: int,
         target_ess_fraction: float = TARGET_ESS_FRACTION):
     """R SMC runs from the particles ``start`` (shape ``(R, N, dimension)``, draws of the base).
     Returns a dict: ``log_z`` (per run), ``stages``, ``acceptance`` (mean over stages),
-    ``reached_one`` (β = 1 before ``MAX_STAGES``)."""
+    ``reached_one`` (β = 1 before ``MAX_STAGES``), ``step_size`` (the moves' last, in units of the
+    particles' spread)."""
     runs, n, dimension = start.shape
     dtype = start.dtype
     target_ess = target_ess_fraction * runs * n
@@ -88,4 +89,4 @@ def run(key, path: tempering.Path, start: jax.Array, num_moves: int,
 
     c = jax.lax.while_loop(keep_going, stage, init)
     return dict(log_z=c["log_z"], stages=c["stage"], acceptance=c["acceptance_sum"] / jnp.maximum(c["stage"], 1),
-                reached_one=c["beta"] >= 1.0)
+                reached_one=c["beta"] >= 1.0, step_size=c["step_size"])

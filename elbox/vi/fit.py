@@ -24,6 +24,7 @@ from elbox.progress import ProgressBar
 from elbox.vi.elbo import ESTIMATORS, evaluate_elbo, surrogate_loss
 from elbox.vi.families import FAMILIES, make_family
 from elbox.vi.results import FitResults
+from elbox.vi.start import best_start
 
 METHODS = (*FAMILIES, "cavi")
 # The host looks at the ELBO trace after every window of at least this many steps.
@@ -78,8 +79,10 @@ def fit(
             ``steps`` at the initial step size.
         eval_samples: draws for each final ELBO estimate and its standard error; the draws of
             the headline estimate are returned as ArviZ ``InferenceData``.
-        init: constrained starting values for q's location (default: a uniform draw in
-            [-2, 2] on the unconstrained space, as for MCMC).
+        init: constrained starting values for q's location. Default: a uniform draw in [-2, 2]
+            on the unconstrained space (as for MCMC), then moved to the point of a short,
+            curvature-scaled L-BFGS path toward the mode where q's starting shape has the highest
+            ELBO (:mod:`elbox.vi.start`), so that Adam starts near the posterior.
         family_options: passed to the family (e.g. ``flow_layers``, ``nn_width`` for ``flow``).
         progress: a progress bar (``True``), none, or a callback ``(phase, done, total)``.
         evidence: ``"smc"``, ``"ais"`` or ``"iwae"``: also estimate log p(x) with that method
@@ -132,6 +135,8 @@ def fit(
 
     key_init, key_family, key_fit, key_eval = jax.random.split(key, 4)
     loc, _ = initial_positions(model, key_init, 1, init)
+    if init is None:
+        loc = best_start(model, key_init, loc[0])[None]
     family = make_family(method, model.dimension, key_family, **(family_options or {}))
     params = family.init(loc[0])
     opt_state = optimizer.init(params)
