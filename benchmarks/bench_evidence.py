@@ -8,12 +8,14 @@ unconstrained vector, in float32: the built-in elbox model's ``flat_log_prior`` 
 ``known.log_evidence``. The models: ``normal_normal`` (1-d), ``nig_regression`` (5-d, the
 normal-inverse-gamma regression) and ``gaussian_evidence_100d`` (100-d).
 
-* elbox: ``elbox.evidence(model, key, method="smc", particles=N, runs=R, moves=M)``: R runs of N
-  particles step together, each next β chosen adaptively from all R N particles pooled (ESS
-  0.5 R N), each run resampling its own; the estimate is the log of their mean Ẑ, with the runs'
+* elbox: ``elbox.evidence(model, key, method="smc", particles=N, runs=R, moves=M)``: a pilot run of N
+  particles chooses the schedule of β adaptively (ESS 0.5 N), then R runs of N particles step
+  together along it, each resampling its own; the estimate is the log of their mean Ẑ, with the runs'
   spread as its standard error. Every change of β is followed by M HMC moves (a number of
   leapfrog steps drawn per move, 4 on average; inverse mass matrix the particles' variance; step
   size multiplied by exp(acceptance − 0.65) after every move).
+* elbox-q: the same, started from a mean-field q that ``elbox.fit`` fits first
+  (``start="meanfield"``; the fit is inside the timing): the path runs from q to the posterior.
 * BlackJAX: ``blackjax.smc.adaptive_tempered.build_kernel`` (the kernel of
   ``blackjax.adaptive_tempered_smc``) with target ESS 0.5, ``blackjax.smc.resampling.systematic``
   and ``blackjax.hmc`` as the inner kernel: M moves per change of β (``num_mcmc_steps``), each
@@ -32,7 +34,9 @@ the host. The seed s gives the key ``jax.random.key(s)`` to both libraries.
 
 Output: one JSON line per (library, model, seed), and one summary line per model with each
 library's RMSE over the seeds (against the exact value), its mean error, the median seconds, the
-ratios elbox RMSE / BlackJAX RMSE and elbox seconds / BlackJAX seconds, and elbox's z-scores
+ratios elbox RMSE / BlackJAX RMSE and elbox seconds / BlackJAX seconds, the equal-time RMSE ratio
+(RMSE ratio × sqrt(seconds ratio): each error moved to the other's time as if it fell as
+1/sqrt(seconds), which flatters whoever spends more of its time compiling), and elbox's z-scores
 (error / reported standard error).
 
 Usage:
@@ -58,7 +62,8 @@ import time
 from _common import device_description, elbox_source_hash, run_worker_process
 
 BENCHMARK = "evidence"
-LIBRARIES = ("elbox", "blackjax", "blackjax-matched")
+LIBRARIES = ("elbox", "elbox-q", "blackjax", "blackjax-matched")
+ELBOX_LINES = ("elbox", "elbox-q")
 PEERS = ("blackjax", "blackjax-matched")
 MODELS = ("normal_normal", "nig_regression", "gaussian_evidence_100d")
 # elbox's particles per run, per model: chosen so that one elbox estimate (compilation included)
@@ -91,12 +96,12 @@ def import_libraries(library: str):
     return elbox
 
 
-def run_elbox(elbox, model, key, particles, runs, moves) -> dict:
-    results = elbox.evidence(model, key, method="smc", particles=particles, runs=runs, moves=moves)
+def run_elbox(elbox, model, key, particles, runs, moves, start="prior") -> dict:
+    results = elbox.evidence(model, key, method="smc", particles=particles, runs=runs, moves=moves, start=start)
     d = results.diagnostics
     return {"estimate": results.log_evidence.value, "stderr": results.log_evidence.stderr,
             "stages": d["stages"], "acceptance": d["acceptance"], "reached_posterior": d["reached_posterior"],
-            "particles": particles, "runs": runs, "moves": moves,
+            "particles": particles, "runs": runs, "moves": moves, "start": results.start,
             "run_estimates": d["run_log_evidence"], "warnings": results.warnings,
             "library_seconds": {k: round(float(v), 4) for k, v in results.seconds.items()}}
 
@@ -164,7 +169,7 @@ def run_blackjax(model, key, particles, moves) -> dict:
 def library_version(library: str) -> str:
     import importlib.metadata
 
-    return importlib.metadata.version("elbox" if library == "elbox" else "blackjax")
+    return importlib.metadata.version("elbox" if library in ELBOX_LINES else "blackjax")
 
 
 # -- the worker: one measurement in a fresh process -----------------------------------------------
@@ -185,6 +190,8 @@ def run_worker(library: str, model_name: str, particles: int, runs: int, moves: 
     tic = time.perf_counter()
     if library == "elbox":
         result = run_elbox(elbox, model, key, particles, runs, moves)
+    elif library == "elbox-q":
+        result = run_elbox(elbox, model, key, particles, runs, moves, start="meanfield")
     elif library == "blackjax":
         result = run_blackjax(model, key, particles, moves)
     elif library == "blackjax-matched":
@@ -268,15 +275,23 @@ def summary_line(model: str, exact: float | None, results: dict, seeds: int) -> 
         line[library.replace("-", "_")] = library_summary(runs)
         line[library.replace("-", "_")]["failures"] = [r["error_message"] for r in results[library]
                                                        if "error_message" in r]
-    if ok.get("elbox"):
-        line["elbox"].update(z_summary(ok["elbox"]))
+    for elbox_line in ELBOX_LINES:
+        if not ok.get(elbox_line):
+            continue
+        mine = line[elbox_line.replace("-", "_")]
+        mine.update(z_summary(ok[elbox_line]))
         for peer in PEERS:
             if not ok.get(peer):
                 continue
-            mine, theirs = line["elbox"], line[peer.replace("-", "_")]
-            name = peer.replace("-", "_")
-            line[f"rmse_ratio_vs_{name}"] = rounded(mine["rmse"] / theirs["rmse"]) if theirs["rmse"] else None
-            line[f"seconds_ratio_vs_{name}"] = rounded(mine["median_seconds"] / theirs["median_seconds"])
+            theirs = line[peer.replace("-", "_")]
+            name = f"{elbox_line}_vs_{peer}".replace("-", "_")
+            rmse_ratio = mine["rmse"] / theirs["rmse"] if theirs["rmse"] else None
+            seconds_ratio = mine["median_seconds"] / theirs["median_seconds"]
+            line[f"rmse_ratio_{name}"] = rounded(rmse_ratio)
+            line[f"seconds_ratio_{name}"] = rounded(seconds_ratio)
+            # The error either would have in the other's time, if error falls as 1/sqrt(seconds).
+            line[f"equal_time_rmse_ratio_{name}"] = (None if rmse_ratio is None
+                                                     else rounded(rmse_ratio * math.sqrt(seconds_ratio)))
     return line
 
 

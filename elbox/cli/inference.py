@@ -79,7 +79,8 @@ def add_parsers(commands):
     evidence.add_argument("--start", default="prior", choices=["prior", "meanfield", "fullrank"],
                           help="smc/ais: anneal from the prior (default) or from q of this family, fitted first: "
                                "a much shorter path where the posterior is far narrower than the prior, but it "
-                               "cannot find modes that q missed (iwae draws from q of this family; full-rank by default)")
+                               "cannot find modes that q missed (iwae draws from q of this family; full-rank by "
+                               "default)")
     evidence.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     evidence.add_argument("--json", metavar="PATH", type=Path, help="write the estimate as JSON to PATH")
     evidence.add_argument("--out", metavar="DIR", type=Path,
