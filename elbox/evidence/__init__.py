@@ -200,8 +200,8 @@ def _warnings(results: EvidenceResults) -> list[str]:
     if results.method == "smc" and d["run_spread"] > RUN_SPREAD_WARNING:
         messages.append(f"the {results.settings['runs']} runs' log estimates spread by {d['run_spread']:.2f} "
                         f"nats (sd), more than {RUN_SPREAD_WARNING}: their estimates of p(x) are skewed and the "
-                        "standard error likely understates the error. Use more particles or moves, or start from a fitted q "
-                        "(start=\"meanfield\").")
+                        "standard error likely understates the error. Use more particles or moves, or start from a "
+                        "fitted q (start=\"meanfield\").")
     if results.method == "smc" and not d["reached_posterior"]:
         messages.append(f"SMC stopped after {smc.MAX_STAGES} stages before reaching the posterior (β = 1).")
     if not np.isfinite(results.log_evidence.value):
