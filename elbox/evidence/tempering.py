@@ -12,8 +12,8 @@ from the base b (the prior p(u), or a fitted q(u)) to the unnormalised posterior
 exp((β' − β) ℓ(u)), and E_{π_β}[exp((β' − β) ℓ(u))] = Z_β' / Z_β, so a product of such
 averages along the path estimates Z_1 / Z_0 = p(x).
 
-Between changes of β the particles move by elbox's HMC kernel (:mod:`elbox.mcmc.hmc`, jittered
-trajectory of 10 leapfrog steps on average) on π_β, which leaves π_β invariant. Its tuning
+Between changes of β the particles move by elbox's HMC kernel (:mod:`elbox.mcmc.hmc`, 4 leapfrog
+steps on average, drawn per move) on π_β, which leaves π_β invariant. Its tuning
 comes from the particles themselves: the inverse mass matrix is their variance (diagonal), and
 the step size is multiplied after every move by exp(ā − 0.65), ā the particles' mean acceptance,
 so it follows the path's changing curvature.
@@ -32,7 +32,6 @@ from elbox.mcmc.integrators import GradientState, StepParams
 
 TARGET_ACCEPTANCE = 0.65
 NUM_LEAPFROG = 4
-NUM_MOVES = 20
 
 
 class Path(NamedTuple):
