@@ -69,7 +69,7 @@ MODELS = ("normal_normal", "nig_regression", "gaussian_evidence_100d")
 # elbox's particles per run, per model: chosen so that one elbox estimate (compilation included)
 # takes about 10-30 s on 2 CPU cores (measured: about 11, 13-23 and 20-36 s; most of it compiling
 # on the two small models).
-DEFAULT_PARTICLES = {"normal_normal": 2000, "nig_regression": 1000, "gaussian_evidence_100d": 500}
+DEFAULT_PARTICLES = {"normal_normal": 2000, "nig_regression": 1000, "gaussian_evidence_100d": 1000}
 QUICK_PARTICLES = 200
 QUICK_MODELS = ("normal_normal", "nig_regression")
 DEFAULT_SEEDS = 5
@@ -97,7 +97,8 @@ def import_libraries(library: str):
 
 
 def run_elbox(elbox, model, key, particles, runs, moves, start="prior") -> dict:
-    results = elbox.evidence(model, key, method="smc", particles=particles, runs=runs, moves=moves, start=start)
+    results = elbox.evidence(model, key, method="smc", particles=particles, runs=runs, moves=moves, start=start,
+                             progress=False)
     d = results.diagnostics
     return {"estimate": results.log_evidence.value, "stderr": results.log_evidence.stderr,
             "stages": d["stages"], "acceptance": d["acceptance"], "reached_posterior": d["reached_posterior"],

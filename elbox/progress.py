@@ -29,11 +29,12 @@ class ProgressBar:
         progress: ``True`` for progress on stderr (a tqdm bar on a terminal, one line per
             phase otherwise), ``False`` for none, or a callback ``(phase, steps_done,
             steps_total)`` called after every chunk.
-        total: steps in all phases together.
+        total: steps in all phases together, or None where it is not known in advance.
         description: the bar's label.
     """
 
-    def __init__(self, progress: bool | Callable[[str, int, int], None], total: int, description: str):
+    def __init__(self, progress: bool | Callable[[str, int, int | None], None], total: int | None,
+                 description: str):
         self.total = total
         self.done = 0
         self.current_phase = ""
@@ -82,8 +83,9 @@ class ProgressBar:
         if not self.log_lines or not self.current_phase or steps == 0:
             return
         extra = "".join(f", {k} {v}" for k, v in self._postfix.items())
+        done = self.done if self.total is None else f"{self.done}/{self.total}"
         print(f"{self.description}: {self.current_phase} {steps} steps in {time.perf_counter() - tic:.1f} s"
-              f" ({self.done}/{self.total}{extra})", file=sys.stderr, flush=True)
+              f" ({done}{extra})", file=sys.stderr, flush=True)
 
     def __enter__(self):
         return self

@@ -83,6 +83,7 @@ def add_parsers(commands):
                                "default)")
     evidence.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     evidence.add_argument("--json", metavar="PATH", type=Path, help="write the estimate as JSON to PATH")
+    evidence.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     evidence.add_argument("--out", metavar="DIR", type=Path,
                           help="save the bounds picture (log p(x) above the ELBOs and IWAE_K) in DIR")
     evidence.set_defaults(handler=run_evidence)
@@ -189,7 +190,7 @@ def run_evidence(args) -> int:
     model = load_model(args.model)
     print(f"{args.model}: estimating log p(x) by {args.method} ...", flush=True)
     results = evidence(model, jax.random.key(args.seed), method=args.method, particles=args.particles,
-                       start=args.start)
+                       start=args.start, progress=not args.no_progress)
     print("\n".join(results.summary_lines()))
     if args.json:
         write_json(args.json, {**results.as_dict(), "model": args.model, "seed": args.seed})

@@ -11,6 +11,7 @@ with a standard error, and the bounds around it: ELBO ≤ IWAE_K ≤ log p(x) �
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -20,6 +21,7 @@ from elbox import checks
 from elbox.errors import ModelError, NoPriorLikelihoodSplit, SettingsError
 from elbox.estimate import Estimate, log_mean_exp, log_mean_of_log_normal
 from elbox.evidence import ais, importance, smc, tempering
+from elbox.evidence import progress as stage_progress
 from elbox.evidence.results import EvidenceResults
 
 METHODS = ("smc", "ais", "iwae")
@@ -38,7 +40,8 @@ RUN_SPREAD_WARNING = 0.2
 
 def evidence(model: Any, key: jax.Array, method: str = "smc", *, particles: int | None = None,
              runs: int | None = None, moves: int | None = None, steps: int | None = None,
-             start: Any = "prior") -> EvidenceResults:
+             start: Any = "prior", progress: bool | Callable[[str, int, int | None], None] = True
+             ) -> EvidenceResults:
     """Estimate log p(x) = log ∫ p(x | z) p(z) dz with its standard error.
 
     Args:
@@ -59,6 +62,8 @@ def evidence(model: Any, key: jax.Array, method: str = "smc", *, particles: int 
             ``seconds["fit"]`` and ``seconds["total"]``). From the prior the particles can find
             modes that a fitted q missed. ``iwae`` always starts from q and fits a full-rank
             Gaussian when given none.
+        progress: a progress bar counting SMC's stages (the pilot's, then the runs') or AIS's
+            temperatures (``True``), none, or a callback ``(phase, done, total)``.
 
     Returns:
         :class:`~elbox.evidence.results.EvidenceResults`.
@@ -81,7 +86,12 @@ def evidence(model: Any, key: jax.Array, method: str = "smc", *, particles: int 
     fit = _resolve_start(model, key, method, start)
     seconds_fit = time.perf_counter() - tic if isinstance(start, str) and fit is not None else 0.0
     path = tempering.prior_path(model) if fit is None else tempering.fitted_path(model, fit)
-    estimate, upper, diagnostics, seconds = ESTIMATORS[method](model, key, path, fit, settings)
+    total = None
+    if method == "ais":
+        total = settings["steps"] * (2 if fit is None and model.known.posterior_sampler is not None else 1)
+    with stage_progress.shown(progress if method != "iwae" else False, total, f"{method} {model.name}") as bar:
+        bar.phase("compiling")
+        estimate, upper, diagnostics, seconds = ESTIMATORS[method](model, key, path, fit, settings)
     seconds = {"fit": seconds_fit, **seconds, "total": time.perf_counter() - tic}
     results = EvidenceResults(model=model, method=method, log_evidence=estimate,
                               start="prior" if fit is None else f"{fit.method} q", seconds=seconds,
@@ -159,11 +169,13 @@ def _ais(model, key, path, fit, settings):
     def program(key):
         key_start, key_run, key_exact, key_reverse = jax.random.split(key, 4)
         betas = ais.schedule(steps, model.flat_dtype)
-        forward = ais.run(key_run, path, tempering.draw_start(path, model, fit, key_start, n), betas, moves)
+        forward = tempering.anneal(key_run, path, tempering.draw_start(path, model, fit, key_start, n), betas, moves,
+                                   stage_progress.FORWARD)
         reverse = None
         if sampler is not None:
             exact = jax.vmap(lambda z: model.ravel(model.unconstrain(z)))(sampler(key_exact, n))
-            reverse = ais.run(key_reverse, path, exact.astype(model.flat_dtype), betas[::-1], moves)["log_weights"]
+            reverse = tempering.anneal(key_reverse, path, exact.astype(model.flat_dtype), betas[::-1], moves,
+                                       stage_progress.REVERSE)["log_weights"]
         return forward["log_weights"], forward["acceptance"], reverse
 
     (log_weights, acceptance, reverse), seconds = _timed(model, ("ais", path.start, n, steps, moves), fit,
@@ -232,7 +244,7 @@ def bounds(model: Any, key: jax.Array, evidence_results: EvidenceResults | None 
         log_evidence = {"value": model.known.log_evidence, "stderr": 0.0, "method": "exact"}
     else:
         if evidence_results is None:
-            evidence_results = evidence(model, key_evidence)
+            evidence_results = evidence(model, key_evidence, progress=False)
         log_evidence = {**evidence_results.log_evidence.as_dict(), "method": evidence_results.method}
     upper = evidence_results.upper_bound if evidence_results is not None else None
     fits = {family: fit(model, jax.random.fold_in(key_fit, i), method=family, progress=False)

@@ -23,16 +23,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from elbox.evidence import tempering
-
 SCHEDULE_POWER = 4
 
 
 def schedule(num_steps: int, dtype) -> jax.Array:
     """β_0 = 0 < β_1 < ... < β_T = 1, β_t = (t / T)^4."""
     return (jnp.arange(num_steps + 1, dtype=dtype) / num_steps) ** SCHEDULE_POWER
-
-
-def run(key, path: tempering.Path, start: jax.Array, betas: jax.Array, num_moves: int):
-    """Anneal the chains ``start`` (draws of π_{β_0}) along ``betas``; their log weights."""
-    return tempering.anneal(key, path, start, betas, num_moves)

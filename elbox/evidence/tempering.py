@@ -27,6 +27,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from elbox.evidence import progress
 from elbox.mcmc import hmc
 from elbox.mcmc.integrators import GradientState, StepParams
 
@@ -140,11 +141,11 @@ def systematic_resample(key, log_weights: jax.Array) -> jax.Array:
     return jnp.clip(jnp.searchsorted(cumulative, points), 0, n - 1)
 
 
-def anneal(key, path: Path, start: jax.Array, betas: jax.Array, num_moves: int):
+def anneal(key, path: Path, start: jax.Array, betas: jax.Array, num_moves: int, phase: int):
     """Carry the particles ``start`` (draws of π_{β_0}) along ``betas`` without resampling (AIS):
     at each new β_t every particle's log weight gains (β_t − β_{t−1}) ℓ(u), then the particles
     move on π_{β_t}. Returns a dict: ``log_weights`` (per particle), ``acceptance`` (mean over
-    steps), ``positions``."""
+    steps), ``positions``. Each step is reported as ``phase`` (:mod:`elbox.evidence.progress`)."""
     n, dimension = start.shape
     dtype = start.dtype
 
@@ -154,6 +155,7 @@ def anneal(key, path: Path, start: jax.Array, betas: jax.Array, num_moves: int):
                                                    (beta - betas[t - 1]) * c["increments"], -jnp.inf)
         positions, step_size, acceptance = move(jax.random.fold_in(key, t), c["positions"], beta, c["step_size"],
                                                 particle_variance(c["positions"], log_weights), path, num_moves)
+        progress.report(phase, beta)
         return dict(positions=positions, increments=increments(path, positions), log_weights=log_weights,
                     step_size=step_size, acceptance_sum=c["acceptance_sum"] + acceptance)
 

@@ -105,7 +105,7 @@ def fit(
                        family_options=family_options, progress=progress)
         key_fit, key_evidence = jax.random.split(key)
         results = fit(model, key_fit, method=method, steps=steps, **options)
-        results.evidence_estimate = _estimate_evidence(model, key_evidence, evidence, results)
+        results.evidence_estimate = _estimate_evidence(model, key_evidence, evidence, results, progress)
         results.seconds["evidence"] = results.evidence_estimate.seconds["total"]
         results.seconds["total"] = time.perf_counter() - tic_total
         return results
@@ -200,13 +200,13 @@ def fit(
     return results
 
 
-def _estimate_evidence(model, key, method: str, results: FitResults):
+def _estimate_evidence(model, key, method: str, results: FitResults, progress):
     """log p(x) by ``method``: SMC and AIS from the prior (or from this q where the prior cannot
     start them), importance sampling from this q."""
     from elbox.evidence import evidence
 
     from_q = method == "iwae" or not model.has_split or not model.prior_is_proper
-    return evidence(model, key, method=method, start=results if from_q else "prior")
+    return evidence(model, key, method=method, start=results if from_q else "prior", progress=progress)
 
 
 def _fit_cavi(model, key, *, steps, eval_samples, tic_total, ignored) -> FitResults:
