@@ -191,6 +191,21 @@ def test_logistic_regression_smc_and_ais_agree_above_every_elbo():
     _agree_and_lie_above_the_elbos("logistic_regression", 0)
 
 
+# -- progress -----------------------------------------------------------------------------------
+def test_progress_counts_every_stage_in_order():
+    seen = []
+    results = elbox.evidence("normal_normal", jax.random.key(0), method="smc", progress=lambda *a: seen.append(a))
+    stages = results.diagnostics["stages"]
+    assert seen == [("stages", k, None) for k in range(1, stages + 1)]
+    seen.clear()
+    elbox.evidence("normal_normal", jax.random.key(0), method="ais", steps=20, progress=lambda *a: seen.append(a))
+    # forwards from the prior, then backwards from exact posterior draws, never interleaved
+    assert seen == [("forward", k, 40) for k in range(1, 21)] + [("reverse", k, 40) for k in range(21, 41)]
+    seen.clear()
+    elbox.evidence("normal_normal", jax.random.key(0), method="smc", progress=False)
+    assert seen == []
+
+
 # -- bad input -----------------------------------------------------------------------------------
 def test_a_bare_log_density_cannot_be_tempered_and_the_error_says_what_to_pass():
     model = elbox.Model.from_log_density(lambda u: -0.5 * jnp.sum(u["z"] ** 2), {"z": jnp.zeros(2)})
@@ -259,6 +274,18 @@ def test_cli_evidence_builtin_prints_the_exact_value_and_draws_the_bounds(tmp_pa
     assert (tmp_path / "pictures" / "evidence_bounds.png").stat().st_size > 0
     ladder = json.loads((tmp_path / "pictures" / "evidence_bounds.json").read_text())
     assert set(ladder["iwae"]) == {"1", "10", "100", "1000"}
+
+
+def test_cli_evidence_from_a_fitted_q(tmp_path, capsys):
+    out = tmp_path / "q.json"
+    assert main(["evidence", "normal_normal", "--start", "meanfield", "--no-progress", "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["start"] == "meanfield q" and summary["seconds"]["fit"] > 0
+    exact = elbox.models.get("normal_normal").known.log_evidence
+    assert abs(summary["log_evidence"]["value"] - exact) <= 3 * summary["log_evidence"]["stderr"] + 1e-4
+    captured = capsys.readouterr()
+    assert "from the meanfield q" in captured.out and "fitting q" in captured.out
+    assert "stages" not in captured.err  # --no-progress
 
 
 def test_cli_fit_with_evidence_reports_the_gap_with_its_standard_error(tmp_path, capsys):

@@ -151,7 +151,8 @@ def _smc(model, key, path, fit, settings):
         key_start, key_runs = jax.random.split(key)
         start = tempering.draw_start(path, model, fit, key_start, (runs + 1) * n).reshape(runs + 1, n,
                                                                                           model.dimension)
-        out = smc.run(key_runs, path, start, moves)
+        out = smc.run(key_runs, path, start, moves,
+                      max_beta_step=1.0 if fit is None else smc.MAX_BETA_STEP_FROM_Q)
         return out["log_z"], out["acceptance"], out["stages"], out["reached_one"], out["step_size"]
 
     (log_z, acceptance, stages, reached_one, step_size), seconds = _timed(

@@ -223,8 +223,8 @@ def evidence_section(out: Path, key, echo) -> dict:
 
     echo("== 4. The evidence log p(x) where no closed form exists: eight schools ==")
     key_smc, key_ais, key_bounds = jax.random.split(key, 3)
-    by_smc = evidence("eight_schools", key_smc, method="smc")
-    by_ais = evidence("eight_schools", key_ais, method="ais")
+    by_smc = evidence("eight_schools", key_smc, method="smc", progress=False)
+    by_ais = evidence("eight_schools", key_ais, method="ais", progress=False)
     for r in (by_smc, by_ais):
         echo(f"log p(x) by {r.method}: {r.log_evidence.value:.4f} ± {r.log_evidence.stderr:.4f} "
              f"({r.seconds['total']:.1f} s)")
