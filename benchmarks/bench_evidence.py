@@ -238,7 +238,8 @@ def measure(library: str, model: str, particles: int, runs: int, moves: int, see
 
 
 def rounded(value, digits=4):
-    return None if value is None or not math.isfinite(value) else round(value, digits)
+    """``value`` to ``digits`` significant figures (an RMSE of 1e-5 must not print as 0)."""
+    return None if value is None or not math.isfinite(value) else float(f"{value:.{digits}g}")
 
 
 def library_summary(runs: list) -> dict:
@@ -325,6 +326,18 @@ def compare(model: str, particles: int, runs: int, moves: int, seeds: int, libra
     emit(summary_line(model, exact, results, seeds))
 
 
+def resummarize(path: str) -> None:
+    """The summary line of each model from a results file's per-seed lines, recomputed."""
+    with open(path) as lines:
+        records = [json.loads(line) for line in lines if line.strip()]
+    for model in dict.fromkeys(r["model"] for r in records if not r.get("summary")):
+        runs = [r for r in records if r["model"] == model and not r.get("summary")]
+        by_library = {library: [r for r in runs if r["library"] == library] for library in LIBRARIES}
+        by_library = {library: found for library, found in by_library.items() if found}
+        exact = next((r["exact"] for r in runs if "exact" in r), None)
+        print(json.dumps(summary_line(model, exact, by_library, max(r["seed"] for r in runs) + 1)))
+
+
 def parse_libraries(values) -> tuple:
     if not values:
         return LIBRARIES
@@ -352,10 +365,15 @@ def main(argv=None):
                         help=f"HMC moves per change of β, both libraries (default {MOVES})")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed for one worker process")
     parser.add_argument("--out", help="also write the JSON lines to this file")
+    parser.add_argument("--summarize", metavar="JSONL",
+                        help="print the summary lines again from the measurements recorded in JSONL; run nothing")
     parser.add_argument("--worker", nargs=6, metavar=("LIBRARY", "MODEL", "PARTICLES", "RUNS", "MOVES", "SEED"),
                         help="internal: run one measurement and print it as JSON")
     args = parser.parse_args(argv)
 
+    if args.summarize:
+        resummarize(args.summarize)
+        return
     if args.worker:
         library, model, particles, runs, moves, seed = args.worker
         print(json.dumps(run_worker(library, model, int(particles), int(runs), int(moves), int(seed))), flush=True)
