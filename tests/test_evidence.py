@@ -26,7 +26,7 @@ from elbox.estimate import log_mean_exp
 from elbox.evidence import bounds, importance
 
 EXACT = ["normal_normal", "beta_binomial", "normal_gamma", "linear_regression", "nig_regression"]
-WITH_EXACT_DRAWS = ["normal_normal", "linear_regression", "nig_regression"]
+WITH_EXACT_DRAWS = ["normal_normal", "linear_regression", "nig_regression", "gaussian_evidence_100d"]
 
 
 def within(estimate, exact, z=Z):
