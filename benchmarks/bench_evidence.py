@@ -8,12 +8,13 @@ unconstrained vector, in float32: the built-in elbox model's ``flat_log_prior`` 
 ``known.log_evidence``. The models: ``normal_normal`` (1-d), ``nig_regression`` (5-d, the
 normal-inverse-gamma regression) and ``gaussian_evidence_100d`` (100-d).
 
-* elbox: ``elbox.evidence(model, key, method="smc", particles=N, runs=R, moves=M)``: a pilot run of N
-  particles chooses the schedule of β adaptively (ESS 0.5 N), then R runs of N particles step
-  together along it, each resampling its own; the estimate is the log of their mean Ẑ, with the runs'
-  spread as its standard error. Every change of β is followed by M HMC moves (a number of
-  leapfrog steps drawn per move, 4 on average; inverse mass matrix the particles' variance; step
-  size multiplied by exp(acceptance − 0.65) after every move).
+* elbox: ``elbox.evidence(model, key, method="smc", particles=N, runs=R, moves=M)``: R + 1
+  runs of N particles step together; the first (the pilot) chooses each next β (ESS 0.5 N of
+  its own weights), the other R follow it, each resampling its own; the estimate is their mean
+  log Ẑ plus half their variance, with the runs' spread giving its standard error. Every change
+  of β is followed by M HMC moves (a number of leapfrog steps drawn per move, 4 on average;
+  inverse mass matrix the particles' variance; step size multiplied by exp(acceptance − 0.65)
+  after every move).
 * elbox-q: the same, started from a mean-field q that ``elbox.fit`` fits first
   (``start="meanfield"``; the fit is inside the timing): the path runs from q to the posterior.
 * BlackJAX: ``blackjax.smc.adaptive_tempered.build_kernel`` (the kernel of

@@ -33,7 +33,7 @@ DEFAULTS = {
 IWAE_SIZES = (1, 10, 100, 1000)
 ESS_WARNING_FRACTION = 0.01
 # Above this spread (sd of the runs' log Ẑ) the runs' Ẑ are skewed enough that a handful of them
-# understates the error: on gaussian_evidence_100d from the prior, runs spread by 0.26-0.61 nats
+# understates the error: on gaussian_evidence_100d from the prior, runs spread by 0.19-0.61 nats
 # gave z-scores of -3.6 to +1.3 over six seeds.
 RUN_SPREAD_WARNING = 0.2
 
@@ -62,8 +62,8 @@ def evidence(model: Any, key: jax.Array, method: str = "smc", *, particles: int 
             ``seconds["fit"]`` and ``seconds["total"]``). From the prior the particles can find
             modes that a fitted q missed. ``iwae`` always starts from q and fits a full-rank
             Gaussian when given none.
-        progress: a progress bar counting SMC's stages (the pilot's, then the runs') or AIS's
-            temperatures (``True``), none, or a callback ``(phase, done, total)``.
+        progress: a progress bar counting SMC's stages or AIS's temperatures (forwards, then
+            in reverse) (``True``), none, or a callback ``(phase, done, total)``.
 
     Returns:
         :class:`~elbox.evidence.results.EvidenceResults`.

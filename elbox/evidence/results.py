@@ -16,9 +16,9 @@ class EvidenceResults:
     Attributes:
         model: the model.
         method: ``"smc"``, ``"ais"`` or ``"iwae"``.
-        log_evidence: the estimate of log p(x) in nats with its standard error. AIS, SMC and
+        log_evidence: the estimate of log p(x) in nats with its standard error. AIS and
             importance sampling average unbiased estimates of p(x), so their log is a stochastic
-            lower bound (biased low by about half its variance).
+            lower bound (biased low by about half its variance); SMC adds that half back.
         start: where the annealing or importance sampling started: ``"prior"``, or the family of the
             fitted q (``"meanfield q"``, ...).
         seconds: ``{"fit", "compile", "running", "total"}``; ``fit`` is the time spent fitting

@@ -8,10 +8,9 @@ L-BFGS on -log p(x, u) from the drawn start u_0, in coordinates scaled by the cu
     u = u_0 + D y,   D_i = |d² log p(x, u_0) / du_i²|^(-1/2)   (Jacobi preconditioning),
 
 the second derivatives taken by central differences of the gradient (2d gradients: a model that
-VI can fit, differentiable in reverse mode, needs nothing more),
-
-and starts q at the point of that path (u_0 included) where q's own starting shape has the
-highest ELBO, estimated with common draws:
+VI can fit, differentiable in reverse mode, needs nothing more), and starts q at the point of
+that path (u_0 included) where q's own starting shape has the highest ELBO, estimated with
+common draws:
 
     ELBO(u_k) = E_eps[log p(x, u_k + s eps)] + H[N(0, s² I)],  s = the families' initial scale.
 
