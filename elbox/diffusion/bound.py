@@ -81,3 +81,27 @@ class BoundEstimate(NamedTuple):
     num_dims: int
     num_t_samples: int | None
     per_example: np.ndarray | None = None
+
+
+def importance_weighted_bounds(log_weights, ks) -> dict[int, np.ndarray]:
+    """Every example's importance-weighted bound on -log p(x), nats, for each K in ``ks``:
+
+        -IW_K = -log (1/K) sum_{k=1..K} exp(w_k),   w_k = log p(x, path_k) - log q(path_k | x),
+
+    from M paths per example (``log_weights``, shape (n, M)) cut into M // K disjoint groups of
+    K, averaged over the groups, so that every K uses all M paths. E[IW_1] is the ELBO, E[IW_K]
+    does not decrease with K and tends to log p(x) (Burda, Grosse & Salakhutdinov 2016).
+
+    Returns:
+        {K: array of shape (n,)}.
+    """
+    log_weights = np.asarray(log_weights, np.float64)
+    n, num_paths = log_weights.shape
+    out = {}
+    for k in ks:
+        groups = num_paths // k
+        grouped = log_weights[:, : groups * k].reshape(n, groups, k)
+        peak = grouped.max(axis=2, keepdims=True)
+        log_mean = peak[..., 0] + np.log(np.mean(np.exp(grouped - peak), axis=2))
+        out[int(k)] = -log_mean.mean(axis=1)
+    return out

@@ -38,7 +38,8 @@ __all__ = [
     "ESTIMATOR_ALL_STEPS", "ESTIMATOR_SAMPLED_STEP", "EpsFn",
     "BoundEstimate", "ImportanceHistory", "LossInfo", "bits_per_dim", "bound_estimate", "bound_estimates",
     "denoising_term", "exact_terms", "importance_probabilities", "init_importance_history", "loss_hybrid",
-    "loss_simple", "loss_vlb_importance", "loss_vlb_uniform", "per_example_in_batches", "prior_term",
+    "loss_simple", "loss_vlb_importance", "loss_vlb_uniform", "path_log_weight", "path_log_weights",
+    "per_example_in_batches", "prior_term",
     "reconstruction_term", "term_given_noise", "update_importance_history",
 ]
 
@@ -329,6 +330,61 @@ def loss_hybrid(key, schedule, eps_fn, x0, variance="learned_range", decoder=Gau
     weight = jnp.asarray(T, term.dtype)
     loss = simple + vlb_weight * (weight * term + prior_term(schedule, x0))
     return loss, LossInfo(t, term, weight)
+
+
+def path_log_weight(key, schedule, eps_fn, x0, variance="beta_tilde", decoder=Gaussian()):
+    """log p_theta(x0, x_{1:T}) - log q(x_{1:T} | x0) for one path drawn from q, in nats.
+
+    The path is drawn from the top, x_T ~ q(x_T | x0), then x_{t-1} ~ q(x_{t-1} | x_t, x0) for
+    t = T..2, carried as the standardised noise e_t = (x_t - sqrt(alpha_bar_t) x0) / sqrt(1 - alpha_bar_t):
+    e_{t-1} = sqrt(1 - c_t) e_t + sqrt(c_t) xi with c_t = beta_t / (1 - alpha_bar_t). With
+    x_{t-1} = mu_tilde + sqrt(beta_tilde_t) xi and the model's mean mu_tilde + delta,
+    delta = coef_eps (e_t - eps_hat), each step adds
+
+        log N(x_{t-1}; mu_tilde + delta, sigma_t^2) - log N(x_{t-1}; mu_tilde, beta_tilde_t)
+      = sum_i [1/2 log(beta_tilde_t / sigma_t^2) - (sqrt(beta_tilde_t) xi_i - delta_i)^2 / (2 sigma_t^2) + xi_i^2 / 2],
+
+    whose mean over xi is minus the step's KL; with log N(x_T; 0, I) - log q(x_T | x0) and the
+    decoder's log p_theta(x0 | x1), its mean is the ELBO. log (1/K) sum_k exp(w_k) over K paths is
+    the importance-weighted bound (Burda, Grosse & Salakhutdinov 2016), non-decreasing in K.
+    """
+    T = schedule.num_steps
+    dtype = jnp.result_type(x0)
+    key_top, key_steps = jax.random.split(key)
+    e_T = _normal_like(key_top, x0)
+    x_T = q_sample(schedule, x0, T, e_T)
+    log_prior_ratio = 0.5 * jnp.sum(jnp.square(e_T) - jnp.square(x_T)) + x0.size * 0.5 * jnp.log(
+        coefficient(schedule.one_minus_alpha_bars, T, x0))
+    c = schedule.betas / schedule.one_minus_alpha_bars
+
+    def body(e_t, inputs):
+        t, step_key = inputs
+        eps_hat, v = eps_fn(q_sample(schedule, x0, t, e_t), t)
+        delta = coefficient(schedule.reverse_mean_coef_eps, t, x0) * (e_t - eps_hat)
+        log_var_q = coefficient(schedule.posterior_log_variance_clipped, t, x0)
+        log_var_p = p_log_variance(schedule, t, x0, variance, v)
+        xi = _normal_like(step_key, x0)
+        ratio = jnp.sum(0.5 * (log_var_q - log_var_p) - 0.5 * jnp.square(jnp.exp(0.5 * log_var_q) * xi - delta)
+                        * jnp.exp(-log_var_p) + 0.5 * jnp.square(xi))
+        c_t = coefficient(c, t, x0)
+        return jnp.sqrt(1.0 - c_t) * e_t + jnp.sqrt(c_t) * xi, ratio
+
+    steps = jnp.arange(T, 1, -1)
+    e_1, ratios = jax.lax.scan(body, e_T, (steps, jax.random.split(key_steps, T - 1)))
+    x_1 = q_sample(schedule, x0, 1, e_1)
+    eps_hat, v = eps_fn(x_1, 1)
+    log_likelihood = -_nll_given_x1(schedule, x0, x_1, eps_hat, v, variance, decoder)
+    return (log_likelihood + jnp.sum(ratios) + log_prior_ratio).astype(dtype)
+
+
+@eqx.filter_jit
+def path_log_weights(eps_fn, schedule, keys, data, num_paths: int, variance, decoder):
+    """:func:`path_log_weight` for ``num_paths`` paths of every example, shape (n, num_paths)."""
+    def one(key, x0):
+        return jax.vmap(lambda k: path_log_weight(k, schedule, eps_fn, x0, variance, decoder))(
+            jax.random.split(key, num_paths))
+
+    return jax.vmap(one)(keys, data)
 
 
 @eqx.filter_jit

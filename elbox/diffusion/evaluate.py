@@ -27,8 +27,8 @@ import jax
 import numpy as np
 
 from elbox import checks
-from elbox.diffusion import vdm
-from elbox.diffusion.bound import BoundEstimate
+from elbox.diffusion import elbo, vdm
+from elbox.diffusion.bound import BoundEstimate, importance_weighted_bounds, per_example_in_batches
 from elbox.diffusion.data import (
     builtin_names,
     check_float32_range,
@@ -40,13 +40,16 @@ from elbox.diffusion.data import (
     uniform_bits_per_dim,
 )
 from elbox.diffusion.elbo import bound_estimate
+from elbox.diffusion.likelihood import ATOL, RTOL, DDPMFlow, ProbabilityFlow, VDMFlow, ode_nll
 from elbox.diffusion.networks import as_eps_fn
 from elbox.diffusion.run_folder import Run, dataset_of, load_run
-from elbox.errors import DataError
+from elbox.errors import DataError, SettingsError
 from elbox.estimate import json_ready, mean_and_stderr
 
 DISCRETE_EVAL_MAX_EXAMPLES = 1000  # each costs T network evaluations
 CONTINUOUS_T_SAMPLES = 128
+IW_MAX_EXAMPLES = 100  # each costs K T network evaluations
+IW_GROUP = 16  # IW_K is reported for K = 1, 16, 256, ... up to the K asked for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +107,13 @@ class BoundReport:
         categorical_baseline_bits_per_dim, uniform_bits_per_dim: discrete data's baselines.
         estimator: how the bound's terms were estimated.
         seconds: wall-clock seconds of the evaluation.
+        likelihood: with ``likelihood=True``, -log p(x) under the probability-flow ODE (for
+            binned data the dequantised upper bound on -log P(x)), per dimension, original
+            units, with the parts of its error (:meth:`~elbox.diffusion.likelihood.LikelihoodEstimate.as_dict`).
+        importance_weighted: with ``iw=K``, the importance-weighted bounds -IW_K' / d for
+            K' = 1, 16, ..., K over ``T`` steps on the first examples (:func:`importance_weighted_run`).
+        side_by_side: every per-example number above on the examples they share, lowest first,
+            each with its standard error and its paired difference to the row above.
     """
 
     data: str
@@ -129,6 +139,9 @@ class BoundReport:
     uniform_bits_per_dim: float | None
     estimator: str
     seconds: float
+    likelihood: dict | None = None
+    importance_weighted: dict | None = None
+    side_by_side: dict | None = None
 
     def as_dict(self) -> dict:
         """The JSON-ready dict (the keys of :func:`elbo_run`): NaN and infinity become None."""
@@ -191,6 +204,87 @@ def _ddpm_bounds(run: Run, key_main, key_discrete, rows, discrete_rows, batch_si
 # model kind -> f(run, key_main, key_discrete, rows, discrete_rows, batch_size, num_t_samples) -> ModelBounds
 BOUNDS: dict[str, Callable[..., ModelBounds]] = {"vdm": _vdm_bounds, "ddpm": _ddpm_bounds}
 
+# model kind -> the probability-flow ODE of a run's model (a kind without a score has no entry).
+FLOWS: dict[str, Callable[[Run], ProbabilityFlow]] = {
+    "vdm": lambda run: VDMFlow(run.network),
+    "ddpm": lambda run: DDPMFlow(run.network, run.schedule),
+}
+
+
+def _vdm_paths(run: Run, keys, rows, num_paths: int):
+    T = int(run.meta["recipe"]["T"])
+    return vdm.path_log_weights(run.network, keys, rows, num_paths, T, run.decoder)
+
+
+def _ddpm_paths(run: Run, keys, rows, num_paths: int):
+    T = run.schedule.num_steps
+    return elbo.path_log_weights(as_eps_fn(run.network, T), run.schedule, keys, rows, num_paths,
+                                 run.meta["recipe"]["variance"], run.decoder)
+
+
+# model kind -> f(run, keys, rows, num_paths) -> log p(x, path) - log q(path | x), shape (n, num_paths)
+PATHS: dict[str, Callable[..., Any]] = {"vdm": _vdm_paths, "ddpm": _ddpm_paths}
+
+
+def iw_sizes(k: int) -> list[int]:
+    """The K reported for ``iw=k``: 1, 16, 256, ... below k, and k."""
+    sizes, size = [], 1
+    while size < k:
+        sizes.append(size)
+        size *= IW_GROUP
+    return sizes + [k]
+
+
+def _flow_of(run: Run) -> ProbabilityFlow:
+    kind = run.meta["recipe"]["model"]
+    if kind not in FLOWS:
+        raise SettingsError(
+            f"a {kind} model has no score function, so it has no probability-flow ODE and no likelihood to "
+            f"solve for; the ODE likelihood is defined for {', '.join(sorted(FLOWS))} runs. Use its bound "
+            "(and --iw K for a tighter one) instead."
+        )
+    return FLOWS[kind](run)
+
+
+def likelihood_run(run: Run, key, rows, rtol: float = RTOL, atol: float = ATOL):
+    """-log p(x) of ``rows`` (original units) under the run's probability-flow ODE, in model units:
+    a :class:`~elbox.diffusion.likelihood.LikelihoodEstimate` (for binned data the dequantised
+    bound, with the bins' width in model units)."""
+    bin_width = None if run.meta["levels"] is None else float(run.meta["scaling"]["scale"])
+    return ode_nll(key, _flow_of(run), run.to_model(rows), bin_width=bin_width, rtol=rtol, atol=atol)
+
+
+def importance_weighted_run(run: Run, key, rows, k: int, batch_size: int | None = None) -> tuple[dict, int]:
+    """({K': every example's -IW_K' in nats (model units)} for K' in :func:`iw_sizes`, T): the
+    importance-weighted bounds of the run's T-step model from k paths per example."""
+    kind = run.meta["recipe"]["model"]
+    T = int(run.meta["recipe"]["T"]) if kind == "vdm" else run.schedule.num_steps
+    if batch_size is None:  # k paths of T steps per example: bound the memory of one call
+        batch_size = max(1, 4096 // k)
+    weights = per_example_in_batches(lambda keys, part: PATHS[kind](run, keys, part, k), key, run.to_model(rows),
+                                     batch_size)
+    return importance_weighted_bounds(weights, iw_sizes(k)), T
+
+
+def side_by_side(rows: list[tuple[str, str, np.ndarray]]) -> dict:
+    """The per-example numbers ``(name, what, nats per dim per example)``, in the order given, on
+    the examples they all have (the first ones: every list is a prefix of the same examples), each
+    with its mean and standard error and the paired difference to the row above."""
+    m = min(values.shape[0] for _, _, values in rows)
+    table = [(name, what, np.asarray(values[:m], np.float64)) for name, what, values in rows]
+    out, previous = [], None
+    for name, what, values in table:
+        estimate = mean_and_stderr(values)
+        entry = {"name": name, "what": what, "nats_per_dim": estimate.value, "stderr_nats_per_dim": estimate.stderr,
+                 "bits_per_dim": estimate.value / math.log(2.0)}
+        if previous is not None:
+            gap = mean_and_stderr(values - previous[1])
+            entry.update({"minus_previous_nats_per_dim": gap.value, "minus_previous_stderr": gap.stderr,
+                          "previous": previous[0]})
+        out.append(entry)
+        previous = (name, values)
+    return json_ready({"num_examples": m, "rows": out})
+
 
 # -- the report --------------------------------------------------------------------------------------
 def _evaluation_data(run: Run, data_path):
@@ -224,7 +318,9 @@ def _terms(estimate: BoundEstimate, log_jacobian: float) -> BoundTerms:
 
 
 def evaluate_run(out_dir, data_path=None, seed: int = 0, max_examples: int | None = None,
-                 batch_size: int | None = None, num_t_samples: int = CONTINUOUS_T_SAMPLES) -> BoundReport:
+                 batch_size: int | None = None, num_t_samples: int = CONTINUOUS_T_SAMPLES, likelihood: bool = False,
+                 iw: int | None = None, iw_max_examples: int = IW_MAX_EXAMPLES, rtol: float = RTOL,
+                 atol: float = ATOL) -> BoundReport:
     """The bound on -log p(x) per dimension of the run's EMA network on its test set (or on the
     file ``data_path``, same width, same scaling as training), in the data's ORIGINAL units.
 
@@ -237,8 +333,20 @@ def evaluate_run(out_dir, data_path=None, seed: int = 0, max_examples: int | Non
     each cost T network evaluations); ``batch_size`` examples go through one compiled call.
     Nothing is written to the run folder.
 
+    ``likelihood=True`` adds -log p(x) under the model's probability-flow ODE on the same examples
+    (solver tolerances ``rtol``, ``atol``); ``iw=K`` the importance-weighted bounds -IW_K' for
+    K' = 1, 16, ..., K over the T-step model's noisy path on the first ``iw_max_examples``
+    examples (each costs K T network evaluations). With either, ``side_by_side`` lines every
+    number up on the examples they share: the exact -log p (where known) <= the ODE's -log p
+    (a different model, so not a bound) and, for the T-step model, -log p <= -IW_K <= ... <=
+    -IW_1 ~ the T-step bound.
+
     Returns:
         :class:`BoundReport`.
+
+    Raises:
+        SettingsError: ``iw`` below 1, or ``likelihood`` for a model kind without a score.
+        FittingError: the ODE solver did not reach the end for some example.
     """
     tic = time.perf_counter()
     seed = checks.seed(seed)
@@ -247,14 +355,19 @@ def evaluate_run(out_dir, data_path=None, seed: int = 0, max_examples: int | Non
     if batch_size is not None:
         batch_size = checks.count("batch_size", batch_size, 1)
     num_t_samples = checks.count("num_t_samples", num_t_samples, 1)
+    if iw is not None:
+        iw = checks.count("iw", iw, 1)
+    iw_max_examples = checks.count("iw_max_examples", iw_max_examples, 1)
     run = load_run(out_dir)
+    if likelihood:
+        _flow_of(run)  # a model without a score fails here, before any work
     meta = run.meta
     name, rows, data, builtin_test = _evaluation_data(run, data_path)
     if max_examples is not None:
         rows = rows[:max_examples]
     discrete_rows = rows[:DISCRETE_EVAL_MAX_EXAMPLES] if max_examples is None else rows
     log_jacobian = float(meta["scaling"]["log_jacobian_per_dim"])
-    key_main, key_discrete = jax.random.split(jax.random.key(seed))
+    key_main, key_discrete, key_ode, key_iw = jax.random.split(jax.random.key(seed), 4)
     if batch_size is None:  # examples per compiled call, each with T steps: bound the memory
         batch_size = max(4, 128 // run.dim)
     bounds = BOUNDS[meta["recipe"]["model"]](run, key_main, key_discrete, rows, discrete_rows, batch_size,
@@ -276,7 +389,7 @@ def evaluate_run(out_dir, data_path=None, seed: int = 0, max_examples: int | Non
             estimator=bounds.discrete.estimator,
         )
     entropy = meta.get("true_entropy_per_dim") if builtin_test == meta["data"] else None
-    test_nll = gap_nll = gap_nll_stderr = None
+    test_nll = gap_nll = gap_nll_stderr = nll = None
     log_density = exact_log_density(builtin_test) if builtin_test is not None else None
     if log_density is not None:
         nll = -log_density(bounds.evaluated) / d
@@ -289,6 +402,8 @@ def evaluate_run(out_dir, data_path=None, seed: int = 0, max_examples: int | Non
         train_data = data if data is not None else dataset_of(meta)
         categorical = independent_categorical_baseline_bits_per_dim(train_data.train, bounds.evaluated,
                                                                     meta["levels"])
+    extra = _likelihood_and_iw(run, bounds, rows, nll, key_ode, key_iw, likelihood, iw, iw_max_examples, rtol, atol,
+                               log_jacobian)
     return BoundReport(
         data=name,
         model=meta["recipe"]["model"],
@@ -313,11 +428,58 @@ def evaluate_run(out_dir, data_path=None, seed: int = 0, max_examples: int | Non
         uniform_bits_per_dim=uniform,
         estimator=main.estimator,
         seconds=time.perf_counter() - tic,
+        **extra,
     )
 
 
+def _likelihood_and_iw(run: Run, bounds: ModelBounds, rows, nll, key_ode, key_iw, likelihood: bool, iw, iw_max_examples,
+                       rtol, atol, log_jacobian) -> dict:
+    """The ``likelihood``, ``importance_weighted`` and ``side_by_side`` fields of the report."""
+    if not likelihood and iw is None:
+        return {}
+    d = run.dim
+    kind = bounds.kind
+    t_step = bounds.discrete if bounds.discrete is not None else bounds.main
+    T = bounds.discrete_T if bounds.discrete is not None else bounds.T
+    entries = []
+    if nll is not None:
+        entries.append(("test_nll", "exact -log p(x) of the data's own distribution", nll))
+    out = {}
+    if likelihood:
+        ode = likelihood_run(run, key_ode, rows, rtol=rtol, atol=atol)
+        out["likelihood"] = ode.as_dict(d, log_jacobian)
+        what = ("ODE upper bound on -log P(x) (uniform dequantisation)" if ode.dequantized
+                else "-log p(x) of the probability-flow ODE")
+        entries.append(("ode_nll", what, ode.per_example / d - log_jacobian))
+    if iw is not None:
+        iw_rows = rows[:iw_max_examples]
+        bounds_iw, iw_T = importance_weighted_run(run, key_iw, iw_rows, iw)
+        out["importance_weighted"] = json_ready({
+            "T": iw_T, "num_paths": iw, "num_examples": int(iw_rows.shape[0]),
+            "bounds": [{"K": k, **_per_dim(values, d, log_jacobian)} for k, values in bounds_iw.items()],
+        })
+        for k in sorted(bounds_iw, reverse=True):
+            entries.append((f"iw_{k}", f"importance-weighted bound, K = {k} paths of T = {iw_T} steps",
+                            bounds_iw[k] / d - log_jacobian))
+    entries.append((f"elbo_{T}_steps", f"the bound with T = {T} steps",
+                    np.asarray(t_step.per_example, np.float64) / d - log_jacobian))
+    if kind == "continuous time":
+        entries.append(("elbo_continuous", "the continuous-time bound (T -> infinity)",
+                        np.asarray(bounds.main.per_example, np.float64) / d - log_jacobian))
+    out["side_by_side"] = side_by_side(entries)
+    return out
+
+
+def _per_dim(per_example_nats, d: int, log_jacobian: float) -> dict:
+    estimate = mean_and_stderr(np.asarray(per_example_nats, np.float64) / d - log_jacobian)
+    return {"nats_per_dim": estimate.value, "stderr_nats_per_dim": estimate.stderr,
+            "bits_per_dim": estimate.value / math.log(2.0)}
+
+
 def elbo_run(out_dir, data_path=None, seed: int = 0, max_examples: int | None = None,
-             batch_size: int | None = None, num_t_samples: int = CONTINUOUS_T_SAMPLES) -> dict[str, Any]:
+             batch_size: int | None = None, num_t_samples: int = CONTINUOUS_T_SAMPLES, likelihood: bool = False,
+             iw: int | None = None, iw_max_examples: int = IW_MAX_EXAMPLES, rtol: float = RTOL,
+             atol: float = ATOL) -> dict[str, Any]:
     """:func:`evaluate_run` as a JSON-ready dict: ``data``, ``model``, ``bound``, ``T``,
     ``num_examples``, ``nats_per_dim``, ``bits_per_dim``, ``stderr`` (of nats_per_dim),
     ``stderr_bits``, ``terms`` (``reconstruction``, ``denoising``, ``prior``), ``denoising_per_step``
@@ -326,7 +488,9 @@ def elbo_run(out_dir, data_path=None, seed: int = 0, max_examples: int | None = 
     ``schedule`` (vdm: ``gamma_0``, ``gamma_1``, ``t``, ``gamma``; ddpm: None),
     ``true_entropy_per_dim``, ``gap_to_entropy``, ``test_nll_per_dim``, ``gap_to_test_nll``,
     ``gap_to_test_nll_stderr``, ``categorical_baseline_bits_per_dim``, ``uniform_bits_per_dim``,
-    ``estimator``, ``seconds`` (see :class:`BoundReport`). A value that is undefined (the standard
+    ``estimator``, ``seconds``, and with ``likelihood`` or ``iw``: ``likelihood``,
+    ``importance_weighted``, ``side_by_side`` (see :class:`BoundReport`). A value that is undefined (the standard
     error of a single example) is None."""
     return evaluate_run(out_dir, data_path=data_path, seed=seed, max_examples=max_examples, batch_size=batch_size,
-                        num_t_samples=num_t_samples).as_dict()
+                        num_t_samples=num_t_samples, likelihood=likelihood, iw=iw, iw_max_examples=iw_max_examples,
+                        rtol=rtol, atol=atol).as_dict()

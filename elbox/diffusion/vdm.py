@@ -365,6 +365,57 @@ def bound_estimate(key, model: VDM, data, decoder=Gaussian(), T: int | None = No
     )
 
 
+# -- importance weights over the noisy path -------------------------------------------------------
+def path_log_weight(model: VDM, key, x, T: int, decoder):
+    """log p(x, z_{0:1}) - log q(z_{0:1} | x) for one path of the T-step model, drawn from q.
+
+    The path is drawn from the top, z_1 ~ q(z_1 | x), then z_s ~ q(z_s | z_t, x) for t = i/T,
+    s = (i-1)/T, i = T..1 (the same joint distribution as the forward chain), carried as the
+    standardised noise e_t = (z_t - alpha_t x) / sigma_t, which needs no subtraction of nearby
+    numbers at small t: e_s = exp(-D/2) e_t + sqrt(1 - exp(-D)) xi, D = gamma_t - gamma_s. The model's
+    p(z_s | z_t) has q's variance and a mean that differs by delta, so each step's log-ratio is
+
+        log p(z_s | z_t) - log q(z_s | z_t, x) = sqrt(expm1(D)) xi . (e_t - eps_hat) - 1/2 expm1(D) ||e_t - eps_hat||^2,
+
+    whose mean over xi is minus the step's KL (:func:`discrete_step_term`). With the prior's
+    log N(z_1; 0, I) - log q(z_1 | x) and the decoder's log p(x | z_0), the mean of the weight's
+    log is the T-step ELBO, and log (1/K) sum_k exp(w_k) over K paths is the importance-weighted
+    bound (Burda, Grosse & Salakhutdinov 2016).
+    """
+    dtype = jnp.result_type(x)
+    key_top, key_steps = jax.random.split(key)
+    gamma_0, gamma_1 = model.schedule.ends()
+    e_1 = jax.random.normal(key_top, x.shape, dtype)
+    alpha_1, sigma_1 = alpha_sigma(gamma_1)
+    z_1 = alpha_1 * x + sigma_1 * e_1
+    log_prior_ratio = 0.5 * jnp.sum(jnp.square(e_1) - jnp.square(z_1)) + x.size * 0.5 * jax.nn.log_sigmoid(gamma_1)
+
+    def body(e_t, inputs):
+        i, step_key = inputs
+        gamma_t = model.schedule(jnp.asarray(i, dtype) / T)
+        gamma_s = model.schedule(jnp.asarray(i - 1, dtype) / T)
+        alpha_t, sigma_t = alpha_sigma(gamma_t)
+        gap = gamma_t - gamma_s
+        residual = e_t - model.eps_hat(alpha_t * x + sigma_t * e_t, gamma_t)
+        xi = jax.random.normal(step_key, x.shape, dtype)
+        ratio = jnp.sqrt(jnp.expm1(gap)) * jnp.vdot(xi, residual) - 0.5 * jnp.expm1(gap) * jnp.sum(jnp.square(residual))
+        e_s = jnp.exp(-0.5 * gap) * e_t + jnp.sqrt(-jnp.expm1(-gap)) * xi
+        return e_s, ratio
+
+    e_0, ratios = jax.lax.scan(body, e_1, (jnp.arange(T, 0, -1), jax.random.split(key_steps, T)))
+    log_likelihood = -reconstruction_term(gamma_0, x, e_0, decoder, model.prior_logits)
+    return log_likelihood + jnp.sum(ratios) + log_prior_ratio
+
+
+@eqx.filter_jit
+def path_log_weights(model: VDM, keys, data, num_paths: int, T: int, decoder):
+    """:func:`path_log_weight` for ``num_paths`` paths of every example, shape (n, num_paths)."""
+    def one(key, x):
+        return jax.vmap(lambda k: path_log_weight(model, k, x, T, decoder))(jax.random.split(key, num_paths))
+
+    return jax.vmap(one)(keys, data)
+
+
 # -- sampling ---------------------------------------------------------------------------------------
 def sample(key, model: VDM, num_samples: int, dim: int, T: int = 1000, decoder=Gaussian(), dtype=None):
     """``num_samples`` ancestral draws from the model with T steps, in model units, shape (n, dim).
