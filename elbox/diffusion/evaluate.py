@@ -443,13 +443,12 @@ def _likelihood_and_iw(run: Run, bounds: ModelBounds, rows, nll, key_ode, key_iw
     T = bounds.discrete_T if bounds.discrete is not None else bounds.T
     entries = []
     if nll is not None:
-        entries.append(("test_nll", "exact -log p(x) of the data's own distribution", nll))
+        entries.append(("test_nll", "exact -log p(x) (the data's own density)", nll))
     out = {}
     if likelihood:
         ode = likelihood_run(run, key_ode, rows, rtol=rtol, atol=atol)
         out["likelihood"] = ode.as_dict(d, log_jacobian)
-        what = ("ODE upper bound on -log P(x) (uniform dequantisation)" if ode.dequantized
-                else "-log p(x) of the probability-flow ODE")
+        what = "ODE bound on -log P(x) (dequantised)" if ode.dequantized else "ODE -log p(x) (probability flow)"
         entries.append(("ode_nll", what, ode.per_example / d - log_jacobian))
     if iw is not None:
         iw_rows = rows[:iw_max_examples]
@@ -459,12 +458,12 @@ def _likelihood_and_iw(run: Run, bounds: ModelBounds, rows, nll, key_ode, key_iw
             "bounds": [{"K": k, **_per_dim(values, d, log_jacobian)} for k, values in bounds_iw.items()],
         })
         for k in sorted(bounds_iw, reverse=True):
-            entries.append((f"iw_{k}", f"importance-weighted bound, K = {k} paths of T = {iw_T} steps",
+            entries.append((f"iw_{k}", f"-IW_{k} ({k} paths), T = {iw_T}",
                             bounds_iw[k] / d - log_jacobian))
-    entries.append((f"elbo_{T}_steps", f"the bound with T = {T} steps",
+    entries.append((f"elbo_{T}_steps", f"-ELBO, T = {T} steps",
                     np.asarray(t_step.per_example, np.float64) / d - log_jacobian))
     if kind == "continuous time":
-        entries.append(("elbo_continuous", "the continuous-time bound (T -> infinity)",
+        entries.append(("elbo_continuous", "-ELBO, continuous time",
                         np.asarray(bounds.main.per_example, np.float64) / d - log_jacobian))
     out["side_by_side"] = side_by_side(entries)
     return out
