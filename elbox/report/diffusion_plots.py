@@ -37,7 +37,12 @@ def per_step_plot(bound, path: Path, title: str | None = None) -> Path:
     floor = positive.min() if positive.size else 1e-12
     terms = bound["terms"]
     is_vdm = bound.get("model") == "vdm"
-    figure, ax = plt.subplots(figsize=(7, 4))
+    table = bound.get("side_by_side")
+    if table is None:
+        figure, ax = plt.subplots(figsize=(7, 4))
+    else:
+        figure, (ax, ladder) = plt.subplots(1, 2, figsize=(13, 4.6), gridspec_kw={"width_ratios": [1.2, 1]})
+        side_by_side_panel(ladder, table, bound["data"])
     if is_vdm:
         steps = bound["denoising_per_step_T"]
         t = np.arange(1, per_step.size + 1) / steps
@@ -72,6 +77,31 @@ def per_step_plot(bound, path: Path, title: str | None = None) -> Path:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return Path(path)
+
+
+def side_by_side_panel(ax, table: dict, name: str = ""):
+    """The side-by-side numbers of a bound report (exact -log p, ODE -log p, -IW_K, -ELBO), nats per
+    dimension with 2-standard-error bars, one row each, lowest first as listed, on the examples
+    they share; the paired difference to the row above is written beside each."""
+    rows = table["rows"]
+    values = np.asarray([row["nats_per_dim"] for row in rows], np.float64)
+    errors = np.asarray([np.nan if row["stderr_nats_per_dim"] is None else 2 * row["stderr_nats_per_dim"]
+                         for row in rows], np.float64)
+    y = np.arange(len(rows))[::-1]
+    colours = ["tab:green" if row["name"] == "test_nll" else "tab:purple" if row["name"] == "ode_nll"
+               else "tab:blue" for row in rows]
+    ax.errorbar(values, y, xerr=np.nan_to_num(errors), fmt="none", ecolor="0.4", capsize=3)
+    ax.scatter(values, y, c=colours, zorder=3)
+    for position, row in zip(y, rows, strict=True):
+        if "minus_previous_nats_per_dim" in row:
+            ax.annotate(f"{row['minus_previous_nats_per_dim']:+.3f} ± {row['minus_previous_stderr']:.3f}",
+                        (values[len(rows) - 1 - position], position), textcoords="offset points", xytext=(6, 6),
+                        fontsize=7, color="0.3")
+    ax.set_yticks(y, [row["what"] for row in rows], fontsize=8)
+    ax.set_xlabel("nats per dimension (lower is better); bars: 2 standard errors")
+    ax.set_title(f"{name}: bounds and likelihoods on the same {table['num_examples']} examples\n"
+                 "beside each: paired difference to the row above", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
 
 
 def _exact_log_density(name: str):
