@@ -34,6 +34,9 @@ def add_parser(commands):
     again.add_argument("--overwrite", action="store_true",
                        help="replace the run already in DIR (without it, a folder holding a run is refused)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.add_argument("--devices", type=_count(1), default=None, metavar="N",
+                       help="split each batch over N devices (default: all GPUs/TPUs; on a CPU, all CPU devices "
+                            "only if you chose their number with XLA_FLAGS or ELBOX_CPU_DEVICES, else one)")
     # Hidden: change the recipe (tests and quick experiments).
     train.add_argument("--T", type=_count(2), default=None, help=argparse.SUPPRESS)
     train.add_argument("--width", type=_count(1), default=None, help=argparse.SUPPRESS)
@@ -77,7 +80,8 @@ def run_diffusion_train(args) -> int:
                  "batch_size": args.batch_size, "checkpoint_every": args.checkpoint_every}
     try:
         meta = train_run(args.data, args.steps, args.seed, args.out, resume=args.resume, levels=args.levels,
-                         progress=not args.no_progress, recipe_overrides=overrides, overwrite=args.overwrite)
+                         progress=not args.no_progress, recipe_overrides=overrides, overwrite=args.overwrite,
+                         devices=args.devices)
     except RunStateError as error:
         raise _with_command_hint(error, args) from None
     except KeyboardInterrupt:

@@ -93,7 +93,7 @@ def _data_spec(data_spec) -> str:
 # -- train ---------------------------------------------------------------------------------------
 def train_run(data_spec, steps: int | None, seed: int, out_dir, resume: bool = False, levels: int | None = None,
               progress=True, recipe_overrides: dict | None = None, overwrite: bool = False,
-              checkpoint_seconds: float | None = CHECKPOINT_SECONDS) -> dict:
+              checkpoint_seconds: float | None = CHECKPOINT_SECONDS, devices: int | None = None) -> dict:
     """Train the default recipe for ``data_spec`` and save the run in ``out_dir``.
 
     The folder changes only once training proceeds (the settings, the data and any checkpoint
@@ -117,6 +117,10 @@ def train_run(data_spec, steps: int | None, seed: int, out_dir, resume: bool = F
         checkpoint_seconds: also checkpoint whenever this many seconds of training have passed
             since the last checkpoint (see :func:`~elbox.diffusion.train.train`); None: every
             ``checkpoint_every`` steps only.
+        devices: split each batch over this many devices (see
+            :func:`~elbox.diffusion.train.training_devices` for the default). run.json records
+            the count used (``"devices"``, ``"device_kind"``) for information; a resume may use
+            another.
 
     Returns:
         the contents of run.json.
@@ -206,7 +210,7 @@ def train_run(data_spec, steps: int | None, seed: int, out_dir, resume: bool = F
         loss="vdm" if is_vdm else recipe["loss"], variance="beta_tilde" if is_vdm else recipe["variance"],
         decoder=decoder, ema_decay=recipe["ema_decay"], checkpoint_every=recipe["checkpoint_every"],
         checkpoint_dir=out_dir / CHECKPOINT_DIR, resume=resume, progress=progress,
-        checkpoint_seconds=checkpoint_seconds, on_start=on_start,
+        checkpoint_seconds=checkpoint_seconds, on_start=on_start, devices=devices,
     )
     trace = result.loss_trace
     tail = trace[-max(1, trace.size // 10):] if trace.size else trace
@@ -216,6 +220,9 @@ def train_run(data_spec, steps: int | None, seed: int, out_dir, resume: bool = F
         "train_seconds": float(result.seconds),
         "steps_per_second": float(result.steps_done / result.seconds) if result.seconds > 0 else None,
         "final_loss": float(np.mean(tail)) if tail.size else None,
+        # Where the last call trained (informational: a resume may run on other devices).
+        "devices": int(result.devices),
+        "device_kind": jax.devices()[0].device_kind,
     })
     return write_trained(out_dir, result.ema_network, trace, meta)
 

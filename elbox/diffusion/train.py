@@ -36,8 +36,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from elbox import checks
+from elbox import checks, cpu_devices
 from elbox.diffusion import vdm
 from elbox.diffusion.decoders import Gaussian
 from elbox.diffusion.elbo import (
@@ -59,6 +62,7 @@ CHECKPOINT_PATTERN = re.compile(r"^step_(\d{9})\.json$")
 CHECKPOINTS_KEPT = 2
 CHECKPOINT_SECONDS = 60.0
 FORMAT_VERSION = 1
+MESH_AXIS = "data"
 
 
 class TrainState(NamedTuple):
@@ -91,6 +95,7 @@ class TrainResult(NamedTuple):
             run, including the steps before the interruption).
         steps_done: the number of optimisation steps behind ``network``.
         seconds: wall-clock seconds of this call (compilation included).
+        devices: how many devices each batch was split over (1: one device).
     """
 
     network: Any
@@ -98,6 +103,7 @@ class TrainResult(NamedTuple):
     loss_trace: np.ndarray
     steps_done: int
     seconds: float
+    devices: int = 1
 
 
 def ema_update(ema_params, params, decay):
@@ -155,6 +161,7 @@ def train(
     progress=True,
     checkpoint_seconds: float | None = CHECKPOINT_SECONDS,
     on_start: Callable[[int], None] | None = None,
+    devices: int | None = None,
 ) -> TrainResult:
     """Train a denoiser ``network(x_t, t, T) -> (eps_hat, v or None)`` on ``data``.
 
@@ -198,14 +205,19 @@ def train(
             (or the start); None: by steps only. It does not change the result.
         on_start: called with the step training starts from (0, or the checkpoint's step) once
             the settings and the checkpoint have been checked, before the first step.
+        devices: split each batch over the first this many devices of JAX's default backend
+            (``batch_size`` must be a multiple of it); 1: one device, as without a mesh. None:
+            see :func:`training_devices` (all GPUs/TPUs; on a CPU, all CPU devices only when
+            their number was chosen by the user, else one). It does not change the result
+            beyond float rounding, and is not part of the checkpoint's settings.
 
     Returns:
         :class:`TrainResult`.
 
     Raises:
         FittingError: the loss became non-finite (the message names the step).
-        SettingsError: an unknown loss or variance, bad counts, or a checkpoint that does not
-            match these settings.
+        SettingsError: an unknown loss or variance, bad counts, more ``devices`` than JAX has or
+            a ``batch_size`` they do not divide, or a checkpoint that does not match these settings.
         RunError: ``resume`` with checkpoints none of which can be read.
 
     Example:
@@ -226,6 +238,7 @@ def train(
     ema_decay = checks.fraction("ema_decay", ema_decay)
     settings = _check_settings(data, network, batch_size, loss, variance, ema_decay,
                                checkpoint_every, checkpoint_dir, resume, schedule)
+    mesh_devices = training_devices(devices, batch_size)
     if schedule is not None:
         schedule = schedule.cast(data.dtype)
     optimizer_given = optimizer is not None
@@ -245,16 +258,35 @@ def train(
             state, trace = loaded
     start = int(state.step)
 
+    # Several devices: one program over a 1-axis mesh. Everything the step reads is replicated and
+    # only the minibatch is split; the compiler partitions the per-example work and all-reduces the
+    # batch means (loss, gradients). The draws do not depend on the split (threefry keys are
+    # partitionable), so only the order of the sums differs from one device.
+    replicated = by_example = None
+    if len(mesh_devices) > 1:
+        mesh = Mesh(np.array(mesh_devices), (MESH_AXIS,))
+        replicated, by_example = NamedSharding(mesh, P()), NamedSharding(mesh, P(MESH_AXIS))
+        state, data, key = _replicate((state, data, key), replicated)
+    # Over several processes (jax.distributed) every process runs the same host loop: they must
+    # start at the same step and cut their segments at the same steps, and one of them writes.
+    spans_processes = replicated is not None and not replicated.is_fully_addressable
+    if spans_processes:
+        _same_start_everywhere(start, checkpoint_dir)
+    writer = jax.process_index() == 0 or jax.process_count() == 1
+
     def step_fn(state: TrainState, _loop_key, t, phase):
         global_step = phase["offset"] + t
-        key_batch, key_loss = jax.random.split(jax.random.fold_in(key, global_step))
+        key_batch, key_loss = jax.random.split(jax.random.fold_in(phase["key"], global_step))
         data = phase["data"]
         indices = jax.random.randint(key_batch, (batch_size,), 0, data.shape[0])
+        batch = data[indices]
+        if by_example is not None:
+            batch = jax.lax.with_sharding_constraint(batch, by_example)
         if loss == "vdm":
-            value, grads = vdm.loss_and_grad(key_loss, state.params, static, data[indices], decoder)
+            value, grads = vdm.loss_and_grad(key_loss, state.params, static, batch, decoder)
         else:
             (value, info), grads = jax.value_and_grad(batch_loss, argnums=1, has_aux=True)(
-                key_loss, state.params, static, schedule, data[indices], loss, variance, decoder, state.history,
+                key_loss, state.params, static, schedule, batch, loss, variance, decoder, state.history,
                 vlb_weight,
             )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -263,6 +295,9 @@ def train(
         if history is not None:
             history = update_importance_history(history, info.t, info.term)
         new = TrainState(params, ema_update(state.ema_params, params, ema_decay), opt_state, history, state.step + 1)
+        if replicated is not None:
+            # The carry keeps the placement it came in with, so every chunk calls the one compiled program.
+            new = jax.lax.with_sharding_constraint(new, replicated)
         return new, value
 
     if on_start is not None:
@@ -298,29 +333,120 @@ def train(
                     )
                 bar.update(fresh.size, loss=f"{float(np.mean(fresh)):.4g}")
                 reported[0] = losses.size
-                return by_time and time.perf_counter() - last_saved[0] >= checkpoint_seconds
+                due = by_time and time.perf_counter() - last_saved[0] >= checkpoint_seconds
+                if by_time and spans_processes:  # the first process's clock decides for all
+                    due = bool(multihost_utils.broadcast_one_to_all(np.asarray(due)))
+                return due
 
             run = loop.run(state, key, segment_end - position,
-                           {"offset": jnp.int32(position), "data": data}, stop=watch)
+                           {"offset": jnp.int32(position), "data": data, "key": key}, stop=watch)
             state = run.carry
             segment_trace = np.asarray(run.outputs, np.float32)
             traces.append(segment_trace)
             position += segment_trace.shape[0]
-            if checkpointing:
+            if checkpointing and writer:
                 _save(checkpoint_dir, state, key_data, np.concatenate(traces), settings)
                 last_saved[0] = time.perf_counter()
 
+    if replicated is not None:
+        # The networks go back to one device (this process's first of the mesh): a later computation
+        # on them (a bound, samples) would otherwise run replicated, the same work on every device.
+        state = jax.tree_util.tree_map(lambda x: x.addressable_shards[0].data, state)
     return TrainResult(
         network=eqx.combine(state.params, static),
         ema_network=eqx.combine(state.ema_params, static),
         loss_trace=np.concatenate(traces),
         steps_done=int(state.step),
         seconds=time.perf_counter() - tic,
+        devices=len(mesh_devices),
     )
 
 
 NON_FINITE_REMEDIES = ("gradient clipping (optax.chain(optax.clip_by_global_norm(1.0), optax.adam(...))), "
                        "or a larger batch_size")
+
+
+def training_devices(devices: int | None, batch_size: int) -> list:
+    """The devices that share each batch: the first ``devices`` of ``jax.devices()``.
+
+    ``devices=None`` chooses: on GPUs and TPUs all of them; on a CPU all of them only when
+    their number is the user's choice (``XLA_FLAGS=--xla_force_host_platform_device_count=N``,
+    ``ELBOX_CPU_DEVICES=N`` or ``jax_num_cpu_devices``; see
+    :func:`elbox.cpu_devices.count_chosen_by_user`), else one: the CPU devices elbox makes by
+    default are for MCMC chains, and splitting a batch over them on a CPU with fewer cores than
+    devices measured slower than one device (benchmarks/bench_diffusion_sharding.py). When
+    ``batch_size`` is not a multiple of that number, the largest count that divides it is used,
+    with a warning.
+
+    Raises:
+        SettingsError: ``devices`` is not a whole number >= 1, more than JAX sees, or does not
+            divide ``batch_size``.
+    """
+    available = jax.devices()
+    platform = available[0].platform
+    if devices is None:
+        if platform == "cpu" and not cpu_devices.count_chosen_by_user():
+            return available[:1]
+        devices = max(n for n in range(1, len(available) + 1) if batch_size % n == 0)
+        if devices < len(available):
+            warnings.warn(
+                f"batch_size={batch_size} cannot be split evenly over the {len(available)} {platform} devices, so "
+                f"training uses {devices} of them; give a batch_size that is a multiple of {len(available)} to use "
+                "them all (or devices=... to choose).", RuntimeWarning, stacklevel=3)
+    else:
+        devices = checks.count("devices", devices, 1)
+        if devices > len(available):
+            if platform == "cpu":
+                more = ("on a CPU, ask for more CPU devices before JAX starts, e.g. "
+                        f"XLA_FLAGS=--xla_force_host_platform_device_count={devices} or "
+                        f"{cpu_devices.ENVIRONMENT_VARIABLE}={devices} in the environment")
+            else:
+                more = "run on a machine with more, or over several hosts after jax.distributed.initialize()"
+            raise SettingsError(f"devices={devices}, but JAX sees {len(available)} {platform} device(s); give at "
+                                f"most {len(available)}, or {more}.")
+        if batch_size % devices:
+            raise SettingsError(
+                f"batch_size={batch_size} cannot be split evenly over devices={devices}: each device takes the same "
+                f"number of examples. Give a batch_size that is a multiple of {devices} (e.g. "
+                f"{-(-batch_size // devices) * devices}), or a number of devices that divides {batch_size}."
+            )
+    chosen = available[:devices]
+    if devices > 1 and {d.process_index for d in chosen} != set(range(jax.process_count())):
+        raise SettingsError(
+            f"devices={devices} takes the devices of only some of the {jax.process_count()} processes (the first "
+            f"{devices} of jax.devices()), but every process runs the training; split the batch over all "
+            f"{len(available)} devices (a batch_size that is a multiple of {len(available)}) or over a count that "
+            "reaches into every process."
+        )
+    return chosen
+
+
+def _replicate(tree, sharding: NamedSharding):
+    """Every array of ``tree`` as one array replicated over ``sharding``'s mesh. Over several
+    processes (``jax.distributed``) each builds its local copies from its own values, which must
+    be the same in all of them (the same data, key and initial network)."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(tree, sharding)
+
+    def put(x):
+        if _is_typed_key(x):
+            return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+def _same_start_everywhere(start: int, checkpoint_dir):
+    """A RunError unless every process of a multi-process training starts from step ``start``."""
+    steps = multihost_utils.process_allgather(np.asarray(start, np.int64))
+    if np.any(steps != start):
+        raise RunError(
+            f"The {jax.process_count()} processes would start training at different steps ({steps.tolist()}): "
+            f"they did not find the same checkpoints in {checkpoint_dir}. Give every process the same "
+            "checkpoint_dir on a file system they all see (the first process writes the checkpoints, all of "
+            "them read them)."
+        )
 
 
 def _next_cut(position: int, steps: int, checkpoint_every: int | None) -> int:
