@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from elbox import checks
-from elbox.cli.common import _count, _seed, write_json
+from elbox.cli.common import _count, _positive_float, _seed, write_json
 from elbox.errors import ElboxError, RunError
 
 
@@ -46,16 +46,33 @@ def add_parser(commands):
     train.set_defaults(handler=run_diffusion_train)
 
     elbo = actions.add_parser("elbo",
-                              help="the test-set bound in nats/dim and bits/dim, its terms and the gap to the entropy")
+                              help="the test-set bound in nats/dim and bits/dim, its terms and the gap to the entropy; "
+                                   "with --likelihood and --iw K, the ODE likelihood and tighter bounds beside it")
     elbo.add_argument("run_dir", metavar="DIR", type=Path, help="a folder written by `elbox diffusion train`")
     elbo.add_argument("--data", metavar="PATH", default=None,
                       help="evaluate this .npy/.csv file (same columns as the training data) instead of the test set")
     elbo.add_argument("--json", metavar="PATH", type=Path, help="write the results as JSON to PATH")
-    elbo.add_argument("--plot", metavar="PNG", type=Path, help="plot the per-step terms of the bound to PNG")
+    elbo.add_argument("--plot", metavar="PNG", type=Path,
+                      help="plot the per-step terms of the bound to PNG (with --likelihood or --iw, every number "
+                           "side by side beside them)")
     elbo.add_argument("--seed", type=_seed, default=0, help="random seed of the x_t draws (default: 0)")
     elbo.add_argument("--max-examples", type=_count(1), default=None,
                       help="evaluate at most this many examples (default: all for the continuous-time bound, "
                            "1000 for a discrete-time bound, each of whose examples costs T network evaluations)")
+    elbo.add_argument("--likelihood", action="store_true",
+                      help="also -log p(x) of the model's probability-flow ODE on the same examples: the density "
+                           "of the deterministic flow with the model's score (a model beside the sampled one, not "
+                           "a bound; for binned data an upper bound on -log P(x) by uniform dequantisation)")
+    elbo.add_argument("--iw", type=_count(1), default=None, metavar="K",
+                      help="also the importance-weighted bounds with 1, 16, ..., K paths over the T-step noisy "
+                           "path: each lies between the T-step model's -log p(x) and its ELBO, lower with more K")
+    elbo.add_argument("--iw-examples", type=_count(1), default=None, metavar="N",
+                      help="the importance-weighted bounds on the first N examples (default: 100; each costs "
+                           "K x T network evaluations)")
+    elbo.add_argument("--rtol", type=_positive_float, default=None,
+                      help="the ODE solver's relative tolerance (default: 1e-5)")
+    elbo.add_argument("--atol", type=_positive_float, default=None,
+                      help="the ODE solver's absolute tolerance (default: 1e-5)")
     elbo.set_defaults(handler=run_diffusion_elbo)
 
     draw = actions.add_parser("sample", help="ancestral samples from the trained model, plotted to a PNG")
@@ -170,7 +187,8 @@ def run_diffusion_elbo(args) -> int:
     if args.plot is not None:
         checks.writable_file(args.plot, "--plot")
     try:
-        report = evaluate_run(args.run_dir, data_path=args.data, seed=args.seed, max_examples=args.max_examples)
+        report = evaluate_run(args.run_dir, data_path=args.data, seed=args.seed, max_examples=args.max_examples,
+                              likelihood=args.likelihood, iw=args.iw, **_given(args, "iw_examples", "rtol", "atol"))
     except RunStateError as error:
         raise _with_command_hint(error) from None
     print(bound_text(report))
@@ -182,6 +200,19 @@ def run_diffusion_elbo(args) -> int:
         write_json(args.json, report.as_dict())
         print(f"results written to {args.json}")
     return 0
+
+
+def _given(args, *names) -> dict:
+    """The options the user gave, under evaluate_run's names (the others keep its defaults)."""
+    renamed = {"iw_examples": "iw_max_examples"}
+    given = {renamed.get(name, name): getattr(args, name) for name in names if getattr(args, name) is not None}
+    for name in ("iw_examples",):
+        if getattr(args, name) is not None and args.iw is None:
+            print(f"warning: --{name.replace('_', '-')} is ignored without --iw K", file=sys.stderr)
+    for name in ("rtol", "atol"):
+        if getattr(args, name) is not None and not args.likelihood:
+            print(f"warning: --{name} is ignored without --likelihood", file=sys.stderr)
+    return given
 
 
 def run_diffusion_sample(args) -> int:
