@@ -18,9 +18,10 @@ number of chains), unless
   elbox first, or call :func:`use_cpu_devices` right after ``import jax``).
 
 Programs that run on one device (a VI fit, the user's own) are unaffected: they run on the
-first device as before. Training a diffusion model splits its batches over CPU devices only when
-the user chose their number (:func:`count_chosen_by_user`; see :mod:`elbox.diffusion.train`).
-The devices are JAX's CPU devices only; on a GPU or TPU the sampler splits chains over those.
+first device as before; so does training a diffusion model, unless asked to split its batches
+(``devices=N``: on a CPU, splitting them over CPU devices measured no faster, see
+:func:`elbox.diffusion.train.training_devices`). The devices are JAX's CPU devices only;
+on a GPU or TPU the sampler splits chains over those.
 """
 
 from __future__ import annotations
@@ -30,9 +31,6 @@ import warnings
 
 ENVIRONMENT_VARIABLE = "ELBOX_CPU_DEVICES"
 MIN_CPU_DEVICES = 4  # the default number of chains: one device each
-
-# The count use_cpu_devices gave JAX by default (not from the user's choice), or None.
-_default_applied: int | None = None
 
 
 def default_count() -> int:
@@ -55,7 +53,6 @@ def use_cpu_devices(count: int | None = None) -> int | None:
     import jax
 
     setting = os.environ.get(ENVIRONMENT_VARIABLE, "").strip().lower()
-    by_default = False
     if count is None:
         if setting in ("off", "0", "1", "false", "no"):
             return None
@@ -69,23 +66,9 @@ def use_cpu_devices(count: int | None = None) -> int | None:
               or jax.config.jax_num_cpu_devices != -1):
             return None
         else:
-            count, by_default = default_count(), True
+            count = default_count()
     try:
         jax.config.update("jax_num_cpu_devices", int(count))
     except RuntimeError:  # JAX has run something already: its devices are fixed for this process
         return None
-    global _default_applied
-    _default_applied = int(count) if by_default else None
     return int(count)
-
-
-def count_chosen_by_user() -> bool:
-    """Whether JAX's number of CPU devices is the user's choice rather than elbox's default.
-
-    False only when :func:`use_cpu_devices` set :func:`default_count` devices because nothing
-    else was asked for; True when the count came from ``XLA_FLAGS``
-    (``--xla_force_host_platform_device_count``), ``jax_num_cpu_devices``, ``ELBOX_CPU_DEVICES=N``
-    or ``use_cpu_devices(N)``, and also when elbox changed nothing (JAX's own single device, or
-    devices fixed before elbox was imported).
-    """
-    return _default_applied is None

@@ -1,6 +1,7 @@
 """Diffusion training split over several devices: the same result as one device up to float
-rounding, a batch really split, checkpoints that resume on any device count, the default rule,
-and the errors for impossible splits.
+rounding, a batch really split, checkpoints that resume on any device count, two processes
+joined by ``jax.distributed`` training as one device, the default rule (one CPU device; all
+accelerators), and the errors for impossible splits.
 
 JAX's device count is fixed when it starts, so the runs happen in fresh Python processes with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=2`` (two CPU devices; elbox keeps the
@@ -23,14 +24,18 @@ sensitivity rather than the split.
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+
+from elbox.errors import SettingsError
 
 ROOT = Path(__file__).resolve().parents[1]
 LOSS_RTOL = 1e-5
@@ -38,12 +43,11 @@ PARAM_ATOL = 1e-5
 STEPS = 300
 
 COMMON = textwrap.dedent("""
-    import json, os, shutil, sys, warnings
+    import json, os, shutil, sys
     import equinox as eqx
     import jax
     import numpy as np
     import elbox.diffusion.train as T
-    from elbox import cpu_devices
     from elbox.diffusion import vdm
     from elbox.diffusion.networks import MLPDenoiser
     from elbox.diffusion.schedules import cosine_schedule
@@ -55,7 +59,7 @@ COMMON = textwrap.dedent("""
     net = MLPDenoiser(jax.random.key(0), 2, width=16, depth=1)
     TINY = dict(schedule=cosine_schedule(20), batch_size=64, learning_rate=3e-3, ema_decay=0.9, progress=False,
                 loss="simple")
-    out = {"visible": len(jax.devices()), "chosen_by_user": cpu_devices.count_chosen_by_user()}
+    out = {"visible": len(jax.devices())}
 
     def error_of(**kwargs):
         try:
@@ -96,6 +100,7 @@ SHARDED = COMMON + textwrap.dedent("""
         out[f"whole{d}"] = record(T.train(key, data, network=net, steps=300, checkpoint_every=100,
                                           checkpoint_dir=f"{folder}/whole{d}", devices=d, **TINY))
     out["checkpoint_keys"] = sorted(json.load(open(f"{folder}/whole2/step_000000300.json")))
+    out["folder"] = folder
     # "Interrupted" after step 200: the checkpoints of one device count, resumed on the other.
     for before, after in ((2, 1), (1, 2)):
         split = f"{folder}/split{before}{after}"
@@ -112,25 +117,17 @@ SHARDED = COMMON + textwrap.dedent("""
     out["zero"] = error_of(devices=0)
     out["not_divisible"] = error_of(devices=2, batch_size=63)
     out["default_devices"] = T.train(key, data, network=net, **{**TINY, "steps": 0}).devices
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        out["odd_batch_devices"] = T.train(key, data, network=net, **{**TINY, "steps": 0, "batch_size": 63}).devices
-    out["odd_batch_warnings"] = [str(w.message) for w in caught]
-    print(json.dumps(out))
-""")
-
-DEFAULT = COMMON + textwrap.dedent("""
-    out["default_devices"] = T.train(jax.random.key(1), data, network=net, **{**TINY, "steps": 0}).devices
-    out["explicit_devices"] = T.train(jax.random.key(1), data, network=net, **{**TINY, "steps": 0},
-                                      devices=2).devices
-    out["too_many"] = error_of(devices=out["visible"] + 1)
+    # A run folder trained on 2 devices: run.json says so.
+    from elbox.diffusion.run import train_run
+    recipe = {"model": "ddpm", "T": 20, "width": 8, "depth": 1, "batch_size": 16, "checkpoint_every": 10}
+    out["run_meta"] = train_run("moons", 20, 0, f"{folder}/run", progress=False, recipe_overrides=recipe, devices=2)
     print(json.dumps(out))
 """)
 
 
 # Two processes of one CPU device each, joined by jax.distributed (the multi-host path on one
-# machine): "interrupted" after step 200, resumed from the checkpoints the first process wrote
-# into the folder both see, with a checkpoint due by the clock after every chunk.
+# machine): both resume the one-device run's checkpoint of step 200 from the folder they share and
+# train to step 300, the first process writing the checkpoints, one due by the clock after every chunk.
 MULTI = textwrap.dedent("""
     import sys
     import jax
@@ -138,10 +135,8 @@ MULTI = textwrap.dedent("""
     jax.distributed.initialize(coordinator_address=f"localhost:{sys.argv[2]}", num_processes=2,
                                process_id=int(sys.argv[3]))
 """) + COMMON + textwrap.dedent("""
-    settings = dict(network=net, checkpoint_every=100, checkpoint_dir=f"{sys.argv[1]}/shared", checkpoint_seconds=1e-3,
-                    chunk_size=25, **TINY)
-    T.train(jax.random.key(1), data, steps=200, **settings)
-    result = T.train(jax.random.key(1), data, steps=300, resume=True, **settings)
+    result = T.train(jax.random.key(1), data, network=net, steps=300, checkpoint_every=100, checkpoint_seconds=1e-3,
+                     checkpoint_dir=sys.argv[1], resume=True, chunk_size=25, devices=2, **TINY)
     out.update(devices=result.devices, processes=jax.process_count(), trace=result.loss_trace.tolist(),
                params=[np.asarray(x).ravel().tolist()
                        for x in jax.tree_util.tree_leaves(eqx.filter((result.network, result.ema_network),
@@ -152,6 +147,7 @@ MULTI = textwrap.dedent("""
 
 def environment(env_changes: dict) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "ELBOX_CPU_DEVICES")}
+    env["JAX_PLATFORMS"] = "cpu"  # CPU devices even on a machine with a GPU
     env.update(env_changes)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     return env
@@ -185,7 +181,7 @@ def assert_close_runs(a: dict, b: dict, steps: int):
 
 
 def test_two_devices_give_the_one_device_losses_and_parameters(sharded):
-    assert sharded["visible"] == 2 and sharded["chosen_by_user"]
+    assert sharded["visible"] == 2
     one, two = sharded["whole1"], sharded["whole2"]
     assert one["devices"] == 1 and two["devices"] == 2
     assert_close_runs(one, two, STEPS)
@@ -225,19 +221,45 @@ def test_impossible_splits_say_what_and_how_to_fix(sharded):
     assert "batch_size=63" in sharded["not_divisible"] and "multiple of 2" in sharded["not_divisible"]
 
 
-def test_the_default_uses_the_cpu_devices_the_user_asked_for(sharded):
-    assert sharded["default_devices"] == 2
-    # A batch the devices do not divide: the largest count that does, with a warning.
-    assert sharded["odd_batch_devices"] == 1
-    assert any("batch_size=63" in w and "uses 1 of them" in w for w in sharded["odd_batch_warnings"])
+def test_the_default_is_one_cpu_device(sharded):
+    assert sharded["default_devices"] == 1  # two CPU devices asked for with XLA_FLAGS
+    import jax
+
+    from elbox.diffusion.train import training_devices
+
+    available = jax.devices()  # in this process: elbox's own max(cores, 4) CPU devices, unless XLA_FLAGS says
+    if available[0].platform != "cpu":
+        pytest.skip("JAX's default devices here are not CPUs")
+    assert training_devices(None, 512) == available[:1]
+    if len(available) >= 2:
+        assert training_devices(2, 512) == available[:2]
+
+
+def test_the_default_takes_all_accelerators_that_divide_the_batch(monkeypatch):
+    import jax
+
+    from elbox.diffusion.train import training_devices
+
+    gpus = [SimpleNamespace(platform="gpu", process_index=0, id=i) for i in range(4)]
+    monkeypatch.setattr(jax, "devices", lambda: gpus)
+    assert training_devices(None, 512) == gpus
+    with pytest.warns(RuntimeWarning, match=r"batch_size=510 cannot be split evenly over the 4 gpu devices.*uses 3"):
+        assert training_devices(None, 510) == gpus[:3]
+    assert training_devices(2, 510) == gpus[:2]
+    with pytest.raises(SettingsError, match=r"devices=5, but JAX sees 4 gpu device\(s\)"):
+        training_devices(5, 512)
 
 
 def test_processes_joined_by_jax_distributed_train_as_one_device(sharded, tmp_path):
+    shared = tmp_path / "shared"
+    shutil.copytree(Path(sharded["folder"]) / "whole1", shared)
+    for suffix in (".json", ".eqx"):
+        (shared / f"step_000000300{suffix}").unlink()
     with socket.socket() as probe:  # a free port for the coordinator
         probe.bind(("localhost", 0))
         port = probe.getsockname()[1]
     env = environment({"XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
-    processes = [subprocess.Popen([sys.executable, "-c", MULTI, str(tmp_path), str(port), str(rank)], cwd=ROOT,
+    processes = [subprocess.Popen([sys.executable, "-c", MULTI, str(shared), str(port), str(rank)], cwd=ROOT,
                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for rank in (0, 1)]
     try:
@@ -252,12 +274,25 @@ def test_processes_joined_by_jax_distributed_train_as_one_device(sharded, tmp_pa
     for out in outputs:
         assert out["processes"] == 2 and out["visible"] == 2 and out["devices"] == 2
         assert_close_runs(sharded["whole1"], out, STEPS)
-    assert sorted(os.listdir(tmp_path / "shared"))[-2:] == ["step_000000300.eqx", "step_000000300.json"]
+    assert sorted(os.listdir(shared))[-2:] == ["step_000000300.eqx", "step_000000300.json"]
 
 
-def test_the_default_keeps_one_device_with_elboxs_own_cpu_devices():
-    out = run_script(DEFAULT, {})
-    assert out["visible"] >= 4 and not out["chosen_by_user"]  # max(cores, 4) CPU devices, made by elbox
-    assert out["default_devices"] == 1
-    assert out["explicit_devices"] == 2
-    assert f"devices={out['visible'] + 1}" in out["too_many"]
+def test_a_run_records_its_devices(sharded):
+    meta = sharded["run_meta"]
+    assert meta["devices"] == 2 and meta["steps_done"] == 20 and meta["device_kind"]
+    assert "devices" not in meta["recipe"]  # not a setting that a resume must match
+
+
+def test_the_command_line_refuses_more_devices_than_there_are(tmp_path, capsys):
+    import jax
+
+    from elbox.cli import main
+
+    tiny = ["--data", "moons", "--steps", "20", "--T", "20", "--width", "8", "--depth", "1", "--batch-size", "16",
+            "--no-progress"]
+    assert main(["diffusion", "train", *tiny, "--out", str(tmp_path / "other"), "--devices", "999"]) == 2
+    err = capsys.readouterr().err
+    assert "devices=999, but JAX sees" in err
+    if jax.devices()[0].platform == "cpu":
+        assert "xla_force_host_platform_device_count=999" in err
+    assert not (tmp_path / "other").exists()  # refused before the folder was made

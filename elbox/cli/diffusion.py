@@ -35,8 +35,8 @@ def add_parser(commands):
                        help="replace the run already in DIR (without it, a folder holding a run is refused)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.add_argument("--devices", type=_count(1), default=None, metavar="N",
-                       help="split each batch over N devices (default: all GPUs/TPUs; on a CPU, all CPU devices "
-                            "only if you chose their number with XLA_FLAGS or ELBOX_CPU_DEVICES, else one)")
+                       help="split each batch over the first N of JAX's devices (default: all GPUs or TPUs, "
+                            "and one device on a CPU, where splitting measured no faster)")
     # Hidden: change the recipe (tests and quick experiments).
     train.add_argument("--T", type=_count(2), default=None, help=argparse.SUPPRESS)
     train.add_argument("--width", type=_count(1), default=None, help=argparse.SUPPRESS)

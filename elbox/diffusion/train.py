@@ -16,6 +16,28 @@ The key of global step k (0-based, counted over all runs of a resumed training) 
 ``fold_in(key, k)``, so the result depends on neither the chunking nor interruptions: a run
 stopped after a checkpoint and resumed with ``resume=True`` ends with exactly the parameters of
 an uninterrupted run with the same key and settings.
+
+Several devices (``devices``; by default all GPUs or TPUs, and one CPU device: see
+:func:`training_devices`). One program runs on a 1-axis mesh
+named ``"data"`` over the first ``devices`` devices of ``jax.devices()``: the parameters, their
+EMA, the optimizer state, the importance history, the key and the training data are replicated
+on every device, and each step's minibatch is split along its examples
+(``with_sharding_constraint``); the compiler partitions the per-example work and all-reduces the
+batch means, so the gradient is that of the whole batch. The draws are the same as on one device
+(the same keys, and threefry's values do not depend on how an array is split), so the losses and
+parameters differ from one device's only by the order of the sums: float rounding. (Training
+amplifies rounding differences like any others, e.g. a vdm's over hundreds of steps; and with
+``loss="vlb_importance"`` the t draws depend on the history's values, so once it is full a
+rounding difference can change a draw, after which the runs differ as two runs of the same
+distribution.) ``devices=1`` is the single-device program, without a mesh. Checkpoints hold
+host copies of the replicated arrays and do not record the device count, so a run checkpointed
+on one count resumes on any other. The networks returned lie on one device.
+
+Over several processes (hosts) joined by ``jax.distributed.initialize()``, ``jax.devices()``
+lists every process's devices and the mesh spans all of them: every process calls :func:`train`
+with the same data, key and network, the first process writes the checkpoints into a
+``checkpoint_dir`` that all processes must see (they all read it to resume, and must find the same
+step), and a checkpoint due by the clock is decided by the first process's clock.
 """
 
 from __future__ import annotations
@@ -207,8 +229,7 @@ def train(
             the settings and the checkpoint have been checked, before the first step.
         devices: split each batch over the first this many devices of JAX's default backend
             (``batch_size`` must be a multiple of it); 1: one device, as without a mesh. None:
-            see :func:`training_devices` (all GPUs/TPUs; on a CPU, all CPU devices only when
-            their number was chosen by the user, else one). It does not change the result
+            see :func:`training_devices` (all GPUs/TPUs; on a CPU, one). It does not change the result
             beyond float rounding, and is not part of the checkpoint's settings.
 
     Returns:
@@ -369,23 +390,22 @@ NON_FINITE_REMEDIES = ("gradient clipping (optax.chain(optax.clip_by_global_norm
 def training_devices(devices: int | None, batch_size: int) -> list:
     """The devices that share each batch: the first ``devices`` of ``jax.devices()``.
 
-    ``devices=None`` chooses: on GPUs and TPUs all of them; on a CPU all of them only when
-    their number is the user's choice (``XLA_FLAGS=--xla_force_host_platform_device_count=N``,
-    ``ELBOX_CPU_DEVICES=N`` or ``jax_num_cpu_devices``; see
-    :func:`elbox.cpu_devices.count_chosen_by_user`), else one: the CPU devices elbox makes by
-    default are for MCMC chains, and splitting a batch over them on a CPU with fewer cores than
-    devices measured slower than one device (benchmarks/bench_diffusion_sharding.py). When
-    ``batch_size`` is not a multiple of that number, the largest count that divides it is used,
-    with a warning.
+    ``devices=None`` chooses: on GPUs and TPUs all of them (the largest count that divides
+    ``batch_size``, with a warning when that leaves some out); on a CPU one. JAX's CPU devices
+    are slices of the same cores (elbox makes ``max(cores, 4)`` of them for MCMC chains), and
+    one device already uses the cores for a step's matrix products: on 2 cores, the default gmm8
+    and digits recipes ran at 0.9-1.1x the steps per second of one device when split over 2 CPU
+    devices and at 0.7-0.8x over 4 (``benchmarks/bench_diffusion_sharding.py``). Ask for
+    ``devices=N`` to split anyway.
 
     Raises:
-        SettingsError: ``devices`` is not a whole number >= 1, more than JAX sees, or does not
-            divide ``batch_size``.
+        SettingsError: ``devices`` is not a whole number >= 1, more than JAX sees, does not
+            divide ``batch_size``, or (over several processes) leaves a process without a device.
     """
     available = jax.devices()
     platform = available[0].platform
     if devices is None:
-        if platform == "cpu" and not cpu_devices.count_chosen_by_user():
+        if platform == "cpu":
             return available[:1]
         devices = max(n for n in range(1, len(available) + 1) if batch_size % n == 0)
         if devices < len(available):
