@@ -48,7 +48,7 @@ def test_ode_likelihood_of_the_optimal_vdm_on_gaussian_data_matches_its_closed_f
     s, gamma_0, gamma_1, d = 0.7, -8.0, 6.0, 2
     model = _optimal_gaussian_model(s, gamma_0, gamma_1)
     x = s * jax.random.normal(jax.random.key(11), (300, d))
-    result = ode_nll(jax.random.key(0), VDMFlow(model), x)
+    result = ode_nll(jax.random.key(0), VDMFlow(model), x, rtol=1e-5, atol=1e-5)
     expected = _gaussian_flow_nll(np.asarray(x, np.float64), 0.0, s, gamma_0, gamma_1)
     assert result.trace == "exact"
     np.testing.assert_allclose(result.per_example, expected, atol=2e-3)
@@ -58,15 +58,15 @@ def test_ode_likelihood_of_the_optimal_vdm_on_gaussian_data_matches_its_closed_f
 
 
 class _OptimalDDPMNetwork(eqx.Module):
-    """E[eps | z_t] for data N(mu, s^2 I) at the fractional step tau of a DDPMFlow, reading
-    alpha_bar(tau / T) from the flow's own interpolation of gamma."""
+    """E[eps | z] for data N(mu, s^2 I) at the fractional step tau of a DDPMFlow, reading gamma
+    back from tau by the inverse of the flow's map (linear between the steps' gammas)."""
 
-    interpolation: eqx.Module
+    gammas: jax.Array
     mu: float = eqx.field(static=True)
     s: float = eqx.field(static=True)
 
     def __call__(self, z, tau, T):
-        gamma = self.interpolation.evaluate(tau / T)[0]
+        gamma = jnp.interp(tau, jnp.arange(1, T + 1, dtype=z.dtype), self.gammas)
         alpha_sq, sigma_sq = jax.nn.sigmoid(-gamma), jax.nn.sigmoid(gamma)
         return jnp.sqrt(sigma_sq) * (z - jnp.sqrt(alpha_sq) * self.mu) / (alpha_sq * self.s**2 + sigma_sq), None
 
@@ -75,11 +75,11 @@ def test_ode_likelihood_of_a_ddpm_schedule_matches_the_closed_form_with_a_mean()
     mu, s, d, T = 0.5, 0.3, 3, 100
     schedule = cosine_schedule(T)
     flow = DDPMFlow(None, schedule)
-    flow = eqx.tree_at(lambda f: f.network, flow, _OptimalDDPMNetwork(flow.interpolation, mu, s),
+    flow = eqx.tree_at(lambda f: f.network, flow, _OptimalDDPMNetwork(flow.gammas, mu, s),
                        is_leaf=lambda leaf: leaf is None)
     x = mu + s * jax.random.normal(jax.random.key(3), (200, d))
-    result = ode_nll(jax.random.key(0), flow, x, solver_check_examples=0)
-    gamma = -np.log(schedule.alpha_bars) + np.log(schedule.one_minus_alpha_bars)
+    result = ode_nll(jax.random.key(0), flow, x, rtol=1e-5, atol=1e-5, solver_check_examples=0)
+    gamma = np.asarray(flow.gammas, np.float64)
     expected = _gaussian_flow_nll(np.asarray(x, np.float64), mu, s, gamma[0], gamma[-1])
     np.testing.assert_allclose(result.per_example, expected, atol=2e-3)
 
@@ -109,18 +109,20 @@ def test_hutchinson_estimate_agrees_with_the_exact_trace_within_its_standard_err
 def test_the_answer_is_stable_when_the_tolerances_are_tightened_tenfold():
     d = 2
     flow = VDMFlow(_rough_vdm(d, seed=1))
-    x = jax.random.normal(jax.random.key(6), (100, d))
-    loose = ode_nll(jax.random.key(2), flow, x, solver_check_examples=100)
-    tight = ode_nll(jax.random.key(2), flow, x, rtol=1e-6, atol=1e-6, solver_check_examples=0)
-    assert np.max(np.abs(tight.per_example - loose.per_example)) < 1e-3
-    assert loose.solver_error == pytest.approx(np.mean(np.abs(tight.per_example - loose.per_example)), rel=1e-6)
-    assert loose.solver_error < loose.nats.stderr  # here the data's spread dominates, as reported
+    x = jax.random.normal(jax.random.key(6), (200, d))
+    loose = ode_nll(jax.random.key(2), flow, x, solver_check_examples=200)
+    tight = ode_nll(jax.random.key(2), flow, x, rtol=loose.rtol / 10, atol=loose.atol / 10, solver_check_examples=0)
+    shifts = tight.per_example - loose.per_example
+    assert np.max(np.abs(shifts)) < 1e-2
+    assert abs(shifts.mean()) < 0.1 * loose.nats.stderr  # the solver moves the mean far less than the data's spread
+    assert loose.solver_error == pytest.approx(abs(shifts.mean()), rel=1e-6, abs=1e-9)
+    assert loose.solver_error_per_example == pytest.approx(np.mean(np.abs(shifts)), rel=1e-6)
     assert loose.dominant_error == "data"
 
 
 def test_a_solver_that_runs_out_of_steps_says_where_and_what_to_try():
     flow = VDMFlow(_rough_vdm(2))
-    with pytest.raises(FittingError, match=r"stopped at t = .* rtol = atol = 0\.0001.*max_steps"):
+    with pytest.raises(FittingError, match=r"stopped at the noise level .* rtol = atol = 0\.001.*max_steps"):
         ode_nll(jax.random.key(0), flow, jnp.ones((3, 2)), max_steps=3)
     with pytest.raises(SettingsError, match="num_probes"):
         ode_nll(jax.random.key(0), flow, jnp.ones((3, 2)), num_probes=1)

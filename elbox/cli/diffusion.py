@@ -70,9 +70,9 @@ def add_parser(commands):
                       help="the importance-weighted bounds on the first N examples (default: 100; each costs "
                            "K x T network evaluations)")
     elbo.add_argument("--rtol", type=_positive_float, default=None,
-                      help="the ODE solver's relative tolerance (default: 1e-5)")
+                      help="the ODE solver's relative tolerance (default: 1e-4)")
     elbo.add_argument("--atol", type=_positive_float, default=None,
-                      help="the ODE solver's absolute tolerance (default: 1e-5)")
+                      help="the ODE solver's absolute tolerance (default: 1e-4)")
     elbo.set_defaults(handler=run_diffusion_elbo)
 
     draw = actions.add_parser("sample", help="ancestral samples from the trained model, plotted to a PNG")

@@ -28,7 +28,12 @@ import numpy as np
 
 from elbox import checks
 from elbox.diffusion import elbo, vdm
-from elbox.diffusion.bound import BoundEstimate, importance_weighted_bounds, per_example_in_batches
+from elbox.diffusion.bound import (
+    BoundEstimate,
+    importance_weighted_bounds,
+    per_example_in_batches,
+    spread_over_devices,
+)
 from elbox.diffusion.data import (
     builtin_names,
     check_float32_range,
@@ -261,8 +266,8 @@ def importance_weighted_run(run: Run, key, rows, k: int, batch_size: int | None 
     T = int(run.meta["recipe"]["T"]) if kind == "vdm" else run.schedule.num_steps
     if batch_size is None:  # k paths of T steps per example: bound the memory of one call
         batch_size = max(1, 4096 // k)
-    weights = per_example_in_batches(lambda keys, part: PATHS[kind](run, keys, part, k), key, run.to_model(rows),
-                                     batch_size)
+    weights = per_example_in_batches(lambda keys, part: PATHS[kind](run, *spread_over_devices(keys, part), k), key,
+                                     run.to_model(rows), batch_size)
     return importance_weighted_bounds(weights, iw_sizes(k)), T
 
 
