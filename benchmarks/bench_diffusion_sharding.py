@@ -30,8 +30,8 @@ reported, one JSON line per (recipe, set-up), with ``ratio`` = its median steps/
 the machine's slow drifts).
 
 Usage:
-    python benchmarks/bench_diffusion_sharding.py                  # 2 recipes x 4 set-ups x 2 repeats (~2 min, 2 cores)
-    python benchmarks/bench_diffusion_sharding.py --save           # also written to benchmarks/results/
+    python benchmarks/bench_diffusion_sharding.py --recipes gmm8   # 4 set-ups x 2 repeats (~2 min on 2 cores)
+    python benchmarks/bench_diffusion_sharding.py --save           # both recipes (~4.5 min), also written to results/
     python benchmarks/bench_diffusion_sharding.py --recipes gmm8 --setups default 2 --repeats 3
     python benchmarks/bench_diffusion_sharding.py --worker gmm8 2 1000 0     # one raw measurement, seed 0
 """

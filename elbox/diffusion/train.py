@@ -392,11 +392,10 @@ def training_devices(devices: int | None, batch_size: int) -> list:
 
     ``devices=None`` chooses: on GPUs and TPUs all of them (the largest count that divides
     ``batch_size``, with a warning when that leaves some out); on a CPU one. JAX's CPU devices
-    are slices of the same cores (elbox makes ``max(cores, 4)`` of them for MCMC chains), and
-    one device already uses the cores for a step's matrix products: on 2 cores, the default gmm8
-    and digits recipes ran at 0.9-1.1x the steps per second of one device when split over 2 CPU
-    devices and at 0.7-0.8x over 4 (``benchmarks/bench_diffusion_sharding.py``). Ask for
-    ``devices=N`` to split anyway.
+    share the same cores (elbox makes ``max(cores, 4)`` of them for MCMC chains): on 2 cores the
+    default gmm8 and digits recipes, split over 2 CPU devices, ran at 0.7-1.1x the steps per
+    second of one device, and over 4 at 0.6-0.9x (three runs each of
+    ``benchmarks/bench_diffusion_sharding.py``). Ask for ``devices=N`` to split anyway.
 
     Raises:
         SettingsError: ``devices`` is not a whole number >= 1, more than JAX sees, does not
