@@ -177,6 +177,11 @@ def test_tour_runs_and_fills_its_folder(tmp_path):
     assert abs(smc["value"] - ais["value"]) < 4 * (smc["stderr"] ** 2 + ais["stderr"] ** 2) ** 0.5
     for elbo in evidence["bounds"]["elbo"].values():
         assert elbo["value"] < smc["value"]
+    # The diffusion section: the ODE likelihood does not beat the data's own density (paired).
+    rows = {row["name"]: row for row in report["diffusion"]["bound"]["side_by_side"]["rows"]}
+    ode = rows["ode_nll"]
+    assert ode["previous"] == "test_nll"
+    assert ode["minus_previous_nats_per_dim"] > -3 * ode["minus_previous_stderr"]
 
 
 FIT_FIELDS = {

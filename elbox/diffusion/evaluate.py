@@ -274,18 +274,20 @@ def importance_weighted_run(run: Run, key, rows, k: int, batch_size: int | None 
 def side_by_side(rows: list[tuple[str, str, np.ndarray]]) -> dict:
     """The per-example numbers ``(name, what, nats per dim per example)``, in the order given, on
     the examples they all have (the first ones: every list is a prefix of the same examples), each
-    with its mean and standard error and the paired difference to the row above."""
+    with its mean and standard error and the paired differences to the row above and to the first."""
     m = min(values.shape[0] for _, _, values in rows)
     table = [(name, what, np.asarray(values[:m], np.float64)) for name, what, values in rows]
-    out, previous = [], None
+    out, previous, first = [], None, table[0]
     for name, what, values in table:
         estimate = mean_and_stderr(values)
         entry = {"name": name, "what": what, "nats_per_dim": estimate.value, "stderr_nats_per_dim": estimate.stderr,
                  "bits_per_dim": estimate.value / math.log(2.0)}
         if previous is not None:
             gap = mean_and_stderr(values - previous[1])
+            from_first = mean_and_stderr(values - first[2])
             entry.update({"minus_previous_nats_per_dim": gap.value, "minus_previous_stderr": gap.stderr,
-                          "previous": previous[0]})
+                          "previous": previous[0], "minus_first_nats_per_dim": from_first.value,
+                          "minus_first_stderr": from_first.stderr})
         out.append(entry)
         previous = (name, values)
     return json_ready({"num_examples": m, "rows": out})

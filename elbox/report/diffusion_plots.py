@@ -80,27 +80,24 @@ def per_step_plot(bound, path: Path, title: str | None = None) -> Path:
 
 
 def side_by_side_panel(ax, table: dict, name: str = ""):
-    """The side-by-side numbers of a bound report (exact -log p, ODE -log p, -IW_K, -ELBO), nats per
-    dimension with 2-standard-error bars, one row each, lowest first as listed, on the examples
-    they share; the paired difference to the row above is written beside each."""
+    """The side-by-side numbers of a bound report (exact -log p, ODE -log p, -IW_K, -ELBO) as paired
+    differences from the first row on the examples they share, nats per dimension with
+    2-standard-error bars (paired, so much narrower than the spread of the examples), one row
+    each in the report's order; the labels give every number itself."""
     rows = table["rows"]
-    values = np.asarray([row["nats_per_dim"] for row in rows], np.float64)
-    errors = np.asarray([np.nan if row["stderr_nats_per_dim"] is None else 2 * row["stderr_nats_per_dim"]
-                         for row in rows], np.float64)
+    differences = np.asarray([row.get("minus_first_nats_per_dim", 0.0) for row in rows], np.float64)
+    errors = np.asarray([2 * (row.get("minus_first_stderr") or 0.0) for row in rows], np.float64)
     y = np.arange(len(rows))[::-1]
     colours = ["tab:green" if row["name"] == "test_nll" else "tab:purple" if row["name"] == "ode_nll"
                else "tab:blue" for row in rows]
-    ax.errorbar(values, y, xerr=np.nan_to_num(errors), fmt="none", ecolor="0.4", capsize=3)
-    ax.scatter(values, y, c=colours, zorder=3)
-    for position, row in zip(y, rows, strict=True):
-        if "minus_previous_nats_per_dim" in row:
-            ax.annotate(f"{row['minus_previous_nats_per_dim']:+.3f} ± {row['minus_previous_stderr']:.3f}",
-                        (values[len(rows) - 1 - position], position), textcoords="offset points", xytext=(6, 6),
-                        fontsize=7, color="0.3")
-    ax.set_yticks(y, [row["what"] for row in rows], fontsize=8)
-    ax.set_xlabel("nats per dimension (lower is better); bars: 2 standard errors")
-    ax.set_title(f"{name}: bounds and likelihoods on the same {table['num_examples']} examples\n"
-                 "beside each: paired difference to the row above", fontsize=9)
+    ax.axvline(0.0, color="0.6", lw=0.8)
+    ax.errorbar(differences, y, xerr=errors, fmt="none", ecolor="0.4", capsize=3)
+    ax.scatter(differences, y, c=colours, zorder=3)
+    labels = [f"{row['what']}\n{row['nats_per_dim']:.4f} ± {row['stderr_nats_per_dim']:.4f}" for row in rows]
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_xlabel("minus the first row, paired (nats/dim); bars: 2 standard errors")
+    ax.set_title(f"{name}: likelihoods and bounds on the same {table['num_examples']} examples\n"
+                 f"(lower is better; what bounds what: see the text report)", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
 
 
