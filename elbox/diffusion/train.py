@@ -18,12 +18,12 @@ stopped after a checkpoint and resumed with ``resume=True`` ends with exactly th
 an uninterrupted run with the same key and settings.
 
 Several devices (``devices``; by default all GPUs or TPUs, and one CPU device: see
-:func:`training_devices`). One program runs on a 1-axis mesh
-named ``"data"`` over the first ``devices`` devices of ``jax.devices()``: the parameters, their
-EMA, the optimizer state, the importance history, the key and the training data are replicated
-on every device, and each step's minibatch is split along its examples
-(``with_sharding_constraint``); the compiler partitions the per-example work and all-reduces the
-batch means, so the gradient is that of the whole batch. The draws are the same as on one device
+:func:`training_devices`). One program runs on a 1-axis mesh named ``"data"`` over the first
+``devices`` devices of ``jax.devices()``: the parameters, their EMA, the optimizer state, the
+importance history, the key and the training data are replicated on every device, and each
+step's minibatch is split along its examples (``with_sharding_constraint``); the compiler
+partitions the per-example work and all-reduces the batch means, so the gradient is that of the
+whole batch. The draws are the same as on one device
 (the same keys, and threefry's values do not depend on how an array is split), so the losses and
 parameters differ from one device's only by the order of the sums: float rounding. (Training
 amplifies rounding differences like any others, e.g. a vdm's over hundreds of steps; and with
@@ -229,8 +229,8 @@ def train(
             the settings and the checkpoint have been checked, before the first step.
         devices: split each batch over the first this many devices of JAX's default backend
             (``batch_size`` must be a multiple of it); 1: one device, as without a mesh. None:
-            see :func:`training_devices` (all GPUs/TPUs; on a CPU, one). It does not change the result
-            beyond float rounding, and is not part of the checkpoint's settings.
+            see :func:`training_devices` (all GPUs/TPUs; on a CPU, one). It does not change
+            the result beyond float rounding, and is not part of the checkpoint's settings.
 
     Returns:
         :class:`TrainResult`.
