@@ -21,7 +21,8 @@ Modules:
   estimate of x0, one contract for all: Gaussian for continuous data, discretised Gaussian or
   VDM's grid posterior for data on a grid of bins (8-bit images).
 * ``bound``: what the two bounds share: the estimate over a data set in nats and bits per
-  dimension with standard errors, and the batching of per-example terms.
+  dimension with standard errors, the batching of per-example terms, and the importance-weighted
+  bounds from the log-weights of whole noisy paths (each model's ``path_log_weight``).
 * ``elbo``: the three terms of the discrete-time bound and the training losses (L_vlb with
   uniform or importance-sampled t, L_simple, L_hybrid).
 * ``data``: built-in data sets with their exact entropies where known (gmm8, checkerboard,
@@ -38,7 +39,10 @@ Modules:
   optimiser, schedule, network and decoder.
 * ``run_folder``: a run on disk (run.json with the model's checksum, the model, the loss trace,
   the checkpoints), written so that a finished run is never lost.
-* ``evaluate``: the bound of a trained run as a typed report (``BoundReport``).
+* ``likelihood``: -log p(x) under the model's probability-flow ODE (diffrax; the exact trace
+  or Hutchinson's estimate; the dequantised bound for binned data), with the parts of its error.
+* ``evaluate``: the bound of a trained run as a typed report (``BoundReport``), and beside it
+  the ODE likelihood and the importance-weighted bounds over the noisy path, side by side.
 * ``run``: training a recipe into a run folder and sampling from it: the entry points behind
   ``elbox diffusion train|elbo|sample``.
 """
