@@ -51,7 +51,7 @@ COMMON = textwrap.dedent("""
     from elbox.diffusion import vdm
     from elbox.diffusion.networks import MLPDenoiser
     from elbox.diffusion.schedules import cosine_schedule
-    from elbox.errors import SettingsError
+    from elbox.errors import FittingError, SettingsError
 
     rng = np.random.default_rng(0)
     component = rng.integers(0, 2, 256)
@@ -69,7 +69,7 @@ COMMON = textwrap.dedent("""
         return None
 """)
 
-SHARDED = COMMON + textwrap.dedent("""
+RECORDING = COMMON + textwrap.dedent("""
     loops = []
 
     class RecordingLoop(T.ChunkedLoop):  # keeps each compiled program for a look at its partitioning
@@ -96,9 +96,16 @@ SHARDED = COMMON + textwrap.dedent("""
 
     folder = sys.argv[1]
     key = jax.random.key(1)
+""")
+
+# Two halves of the work in two processes at once (one per core).
+SHARDED_RUNS = RECORDING + textwrap.dedent("""
+    progress = []  # the two-device run reports to a progress callback between its chunks
     for d in (1, 2):  # uninterrupted runs, checkpoints at steps 200 and 300
+        shown = {"progress": lambda *report: progress.append(list(report))} if d == 2 else {}
         out[f"whole{d}"] = record(T.train(key, data, network=net, steps=300, checkpoint_every=100,
-                                          checkpoint_dir=f"{folder}/whole{d}", devices=d, **TINY))
+                                          checkpoint_dir=f"{folder}/whole{d}", devices=d, **{**TINY, **shown}))
+    out["progress"] = progress
     out["checkpoint_keys"] = sorted(json.load(open(f"{folder}/whole2/step_000000300.json")))
     out["folder"] = folder
     # "Interrupted" after step 200: the checkpoints of one device count, resumed on the other.
@@ -109,10 +116,18 @@ SHARDED = COMMON + textwrap.dedent("""
             os.remove(f"{split}/step_000000300{suffix}")
         out[f"resumed{before}{after}"] = record(T.train(key, data, network=net, steps=300, checkpoint_every=100,
                                                         checkpoint_dir=split, resume=True, devices=after, **TINY))
+    print(json.dumps(out))
+""")
+
+SHARDED_OTHERS = RECORDING + textwrap.dedent("""
     model = vdm.VDM(jax.random.key(2), MLPDenoiser(jax.random.key(0), 2, width=16, depth=1, learn_variance=False))
     for d in (1, 2):
         out[f"vdm{d}"] = record(T.train(key, data, network=model, steps=10, **{**TINY, "schedule": None,
                                                                              "loss": "vdm"}, devices=d))
+    try:
+        T.train(key, data, network=net, steps=40, devices=2, **{**TINY, "learning_rate": 1e10})
+    except FittingError as error:
+        out["non_finite"] = str(error)
     out["too_many"] = error_of(devices=3)
     out["zero"] = error_of(devices=0)
     out["not_divisible"] = error_of(devices=2, batch_size=63)
@@ -157,18 +172,32 @@ def last_json_line(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-def run_script(script: str, env_changes: dict, *args) -> dict:
-    completed = subprocess.run([sys.executable, "-c", script, *map(str, args)], cwd=ROOT,
-                               env=environment(env_changes), capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    return last_json_line(completed.stdout)
+def run_scripts(scripts: list[tuple[str, dict, list]]) -> list[dict]:
+    """Run each (script, environment changes, arguments) in its own Python process, all at once;
+    the JSON line each printed last."""
+    processes = [subprocess.Popen([sys.executable, "-c", script, *map(str, args)], cwd=ROOT,
+                                  env=environment(env_changes), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+                 for script, env_changes, args in scripts]
+    try:
+        finished = [process.communicate(timeout=300) for process in processes]
+    finally:
+        for process in processes:  # one that failed may leave another waiting for it
+            process.kill()
+    outputs = []
+    for process, (stdout, stderr) in zip(processes, finished):
+        assert process.returncode == 0, stderr[-4000:]
+        outputs.append(last_json_line(stdout))
+    return outputs
 
 
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory):
-    """The runs of SHARDED in a process with two CPU devices."""
-    return run_script(SHARDED, {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
-                      tmp_path_factory.mktemp("sharding"))
+    """The results of SHARDED_RUNS and SHARDED_OTHERS, each in a process with two CPU devices."""
+    folder = tmp_path_factory.mktemp("sharding")
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    runs, others = run_scripts([(SHARDED_RUNS, env, [folder / "runs"]), (SHARDED_OTHERS, env, [folder / "others"])])
+    return {**runs, **others}
 
 
 def assert_close_runs(a: dict, b: dict, steps: int):
@@ -212,6 +241,13 @@ def test_checkpoints_resume_on_another_device_count(sharded, before, after):
     assert resumed["devices"] == after and resumed["carry_devices"] == [after]
     assert_close_runs(sharded["whole1"], resumed, STEPS)
     assert "devices" not in sharded["checkpoint_keys"] and "step" in sharded["checkpoint_keys"]
+
+
+def test_progress_and_the_non_finite_check_see_the_split_run(sharded):
+    done = [report[1] for report in sharded["progress"]]
+    assert len(done) > 2 and done == sorted(done) and done[-1] == STEPS
+    assert all(report[2] == STEPS for report in sharded["progress"])
+    assert "non-finite at step" in sharded.get("non_finite", "")
 
 
 def test_impossible_splits_say_what_and_how_to_fix(sharded):
@@ -258,20 +294,8 @@ def test_processes_joined_by_jax_distributed_train_as_one_device(sharded, tmp_pa
     with socket.socket() as probe:  # a free port for the coordinator
         probe.bind(("localhost", 0))
         port = probe.getsockname()[1]
-    env = environment({"XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
-    processes = [subprocess.Popen([sys.executable, "-c", MULTI, str(shared), str(port), str(rank)], cwd=ROOT,
-                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for rank in (0, 1)]
-    try:
-        finished = [process.communicate(timeout=300) for process in processes]
-    finally:
-        for process in processes:  # one that failed leaves the other waiting for it
-            process.kill()
-    outputs = []
-    for process, (stdout, stderr) in zip(processes, finished):
-        assert process.returncode == 0, stderr[-4000:]
-        outputs.append(last_json_line(stdout))
-    for out in outputs:
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    for out in run_scripts([(MULTI, env, [shared, port, rank]) for rank in (0, 1)]):
         assert out["processes"] == 2 and out["visible"] == 2 and out["devices"] == 2
         assert_close_runs(sharded["whole1"], out, STEPS)
     assert sorted(os.listdir(shared))[-2:] == ["step_000000300.eqx", "step_000000300.json"]
