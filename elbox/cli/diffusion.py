@@ -204,15 +204,13 @@ def run_diffusion_elbo(args) -> int:
 
 def _given(args, *names) -> dict:
     """The options the user gave, under evaluate_run's names (the others keep its defaults)."""
-    renamed = {"iw_examples": "iw_max_examples"}
-    given = {renamed.get(name, name): getattr(args, name) for name in names if getattr(args, name) is not None}
-    for name in ("iw_examples",):
-        if getattr(args, name) is not None and args.iw is None:
-            print(f"warning: --{name.replace('_', '-')} is ignored without --iw K", file=sys.stderr)
+    if args.iw_examples is not None and args.iw is None:
+        print("warning: --iw-examples is ignored without --iw K", file=sys.stderr)
     for name in ("rtol", "atol"):
         if getattr(args, name) is not None and not args.likelihood:
             print(f"warning: --{name} is ignored without --likelihood", file=sys.stderr)
-    return given
+    renamed = {"iw_examples": "iw_max_examples"}
+    return {renamed.get(name, name): getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def run_diffusion_sample(args) -> int:

@@ -39,8 +39,7 @@ __all__ = [
     "BoundEstimate", "ImportanceHistory", "LossInfo", "bits_per_dim", "bound_estimate", "bound_estimates",
     "denoising_term", "exact_terms", "importance_probabilities", "init_importance_history", "loss_hybrid",
     "loss_simple", "loss_vlb_importance", "loss_vlb_uniform", "path_log_weight", "path_log_weights",
-    "per_example_in_batches", "prior_term",
-    "reconstruction_term", "term_given_noise", "update_importance_history",
+    "per_example_in_batches", "prior_term", "reconstruction_term", "term_given_noise", "update_importance_history",
 ]
 
 EpsFn = Callable  # (x_t, t) -> (eps_hat, v or None), for one example

@@ -117,8 +117,9 @@ class BoundReport:
             units, with the parts of its error (:meth:`~elbox.diffusion.likelihood.LikelihoodEstimate.as_dict`).
         importance_weighted: with ``iw=K``, the importance-weighted bounds -IW_K' / d for
             K' = 1, 16, ..., K over ``T`` steps on the first examples (:func:`importance_weighted_run`).
-        side_by_side: every per-example number above on the examples they share, lowest first,
-            each with its standard error and its paired difference to the row above.
+        side_by_side: every per-example number above on the examples they share (exact -log p,
+            ODE, -IW_K from the largest K down, the T-step and the continuous-time -ELBO), each
+            with its standard error and its paired differences to the row above and to the first.
     """
 
     data: str
@@ -279,9 +280,7 @@ def side_by_side(rows: list[tuple[str, str, np.ndarray]]) -> dict:
     table = [(name, what, np.asarray(values[:m], np.float64)) for name, what, values in rows]
     out, previous, first = [], None, table[0]
     for name, what, values in table:
-        estimate = mean_and_stderr(values)
-        entry = {"name": name, "what": what, "nats_per_dim": estimate.value, "stderr_nats_per_dim": estimate.stderr,
-                 "bits_per_dim": estimate.value / math.log(2.0)}
+        entry = {"name": name, "what": what, **_per_dim(values)}
         if previous is not None:
             gap = mean_and_stderr(values - previous[1])
             from_first = mean_and_stderr(values - first[2])
@@ -476,7 +475,8 @@ def _likelihood_and_iw(run: Run, bounds: ModelBounds, rows, nll, key_ode, key_iw
     return out
 
 
-def _per_dim(per_example_nats, d: int, log_jacobian: float) -> dict:
+def _per_dim(per_example_nats, d: int = 1, log_jacobian: float = 0.0) -> dict:
+    """Mean and standard error of per-example nats / d - log_jacobian, and the mean in bits."""
     estimate = mean_and_stderr(np.asarray(per_example_nats, np.float64) / d - log_jacobian)
     return {"nats_per_dim": estimate.value, "stderr_nats_per_dim": estimate.stderr,
             "bits_per_dim": estimate.value / math.log(2.0)}

@@ -313,7 +313,7 @@ def ode_nll(key, flow: ProbabilityFlow, data, *, bin_width: float | None = None,
             where it stopped, and which tolerances to try).
 
     Example:
-        >>> result = ode_nll(jax.random.key(0), vdm_flow(model), test_data)
+        >>> result = ode_nll(jax.random.key(0), VDMFlow(model), test_data)
         >>> result.nats
     """
     rtol, atol = checks.positive("rtol", rtol), checks.positive("atol", atol)
