@@ -10,9 +10,11 @@ Test modules import it with ``from conftest import Z`` (pytest puts ``tests/`` o
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from typing import NamedTuple
 
+import jax
 import pytest
 
 Z = 4.0
@@ -46,3 +48,18 @@ def run_cli(capsys) -> Callable[..., CliRun]:
         return CliRun(status, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture(autouse=True, scope="module")
+def release_compiled_programs():
+    """After each test module, drop the programs JAX compiled for it.
+
+    JAX keeps every compiled program for the life of the process, and on the CPU each one holds
+    several memory maps. The whole suite in one process compiles thousands of programs, enough
+    to reach Linux's limit on maps per process (``vm.max_map_count``, 65,530 by default), where
+    XLA aborts the process in the middle of a compilation. Clearing JAX's caches between modules
+    keeps the count at what one module needs.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
