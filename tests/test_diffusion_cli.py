@@ -258,8 +258,10 @@ def test_interrupted_training_says_how_to_resume(tmp_path, monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(run_module, "train_run", interrupted)
-    code = main(["diffusion", "train", "--data", "moons", "--steps", "5", "--out", str(tmp_path / "r"), *TINY])
+    code = main(["diffusion", "train", "--data", "moons", "--steps", "5", "--out", str(tmp_path / "r"),
+                 "--devices", "1", *TINY])
     assert code == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "no checkpoint" in err
     assert "elbox diffusion train --data moons --steps 5 --seed 0 --out" in err and err.rstrip().endswith("--resume")
+    assert "--devices 1" in err

@@ -129,6 +129,8 @@ def test_the_resume_hint_names_levels_and_says_when_the_command_line_cannot(tmp_
     command = _resume_command(meta, tmp_path)
     assert "--levels 4" in command and "--seed 3" in command and "--model" not in command
     assert "--steps" not in command  # the recipe's own number of steps
+    assert "--devices" not in command
+    assert "--devices 2" in _resume_command({**meta, "devices": 2}, tmp_path)
     meta["recipe"]["learning_rate"] = 3e-4
     assert "train_run" in _resume_command(meta, tmp_path) and "learning_rate" in _resume_command(meta, tmp_path)
 

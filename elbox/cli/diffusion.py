@@ -124,15 +124,17 @@ def _command_of(args) -> str:
     parts = ["elbox", "diffusion", "train", "--data", str(args.data)]
     given = [("--levels", args.levels), ("--model", args.model), ("--steps", args.steps), ("--seed", args.seed),
              ("--out", args.out), ("--T", args.T), ("--width", args.width), ("--depth", args.depth),
-             ("--batch-size", args.batch_size), ("--checkpoint-every", args.checkpoint_every)]
+             ("--batch-size", args.batch_size), ("--checkpoint-every", args.checkpoint_every),
+             ("--devices", args.devices)]
     parts += [str(item) for flag, value in given if value is not None for item in (flag, value)]
     return shlex.join(parts + ["--resume"])
 
 
 def _resume_command(meta: dict, run_dir: Path) -> str:
     """The `train` command that continues the run of ``meta`` in ``run_dir``: its data, levels,
-    model, steps, seed and every recipe setting that differs from the default; or, for a recipe
-    the command line cannot express, how to resume it from Python."""
+    model, steps, seed, device count (when more than one) and every recipe setting that differs
+    from the default; or, for a recipe the command line cannot express, how to resume it from
+    Python."""
     from elbox.diffusion.data import builtin_names
     from elbox.diffusion.recipes import DEFAULT_MODEL, make_recipe
 
@@ -146,6 +148,8 @@ def _resume_command(meta: dict, run_dir: Path) -> str:
     if recipe["steps"] != default["steps"]:
         parts += ["--steps", str(recipe["steps"])]
     parts += ["--seed", str(meta["seed"]), "--out", str(run_dir)]
+    if meta.get("devices", 1) > 1:  # any count resumes the run; this one keeps its speed
+        parts += ["--devices", str(meta["devices"])]
     for key, flag in _RECIPE_FLAGS.items():
         if recipe.get(key) != default.get(key):
             parts += [flag, str(recipe[key])]
